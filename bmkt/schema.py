@@ -22,6 +22,10 @@ Column kinds
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EMAIL_STATUSES = ("subscribed", "unsubscribed", "bounced", "complained")
 WEB_EVENT_TYPES = ("page_view", "product_view", "search", "add_to_cart", "checkout_start")
@@ -144,9 +148,7 @@ CUSTOMERS = TableContract(
             required=False,
             nullable=True,
         ),
-        Column(
-            "country", "string", "ISO 3166 country code.", required=False, nullable=True
-        ),
+        Column("country", "string", "ISO 3166 country code.", required=False, nullable=True),
         Column(
             "email_status",
             "string",
@@ -224,9 +226,7 @@ WEB_EVENTS = TableContract(
         ),
         Column("product_id", "id", "Product viewed or added; null otherwise.", nullable=True),
         Column("category", "string", "Category of the product or page.", nullable=True),
-        Column(
-            "query", "string", "Search text for search events.", required=False, nullable=True
-        ),
+        Column("query", "string", "Search text for search events.", required=False, nullable=True),
     ),
 )
 
@@ -318,3 +318,34 @@ def contracts_markdown() -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def parse_as_of(as_of: object) -> pd.Timestamp:
+    """Return the exclusive end of the data window for a run date ``as_of``.
+
+    A date without a time of day (``"2024-06-30"``) means *through the end of
+    that day*: the window ends at ``2024-07-01 00:00`` (exclusive). A value
+    with a time of day ends the window right after that instant. Zone-aware
+    values are converted to UTC; the result is naive UTC, like every contract
+    timestamp.
+
+    Raises
+    ------
+    ConfigError
+        If ``as_of`` cannot be parsed.
+    """
+    import pandas as pd
+
+    from bmkt.errors import ConfigError
+
+    try:
+        ts = pd.Timestamp(as_of)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"as_of: cannot parse {as_of!r} as a date ({exc}).") from None
+    if ts is pd.NaT:
+        raise ConfigError(f"as_of: cannot parse {as_of!r} as a date.")
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    if ts == ts.normalize() and not (isinstance(as_of, str) and ":" in as_of):
+        return ts + pd.Timedelta(days=1)
+    return ts + pd.Timedelta(microseconds=1)
