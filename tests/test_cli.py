@@ -1,0 +1,68 @@
+"""The command line: readable messages and exit codes, never tracebacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from bmkt.cli import cli
+from tests.test_io import write_folder
+from tests.test_validate import make_store
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_validate_ok_and_failing(tmp_path: Path) -> None:
+    good = write_folder(make_store(), tmp_path / "good")
+    code, out, _ = run("validate", str(good), "--as-of", "2024-06-30")
+    assert code == 0
+    assert "OK: no problems found." in out
+
+    store = make_store()
+    store["orders"]["ordered_at"] = ["2024-02-01", "soon", "2024-03-01"]
+    store["orders"]["customer_id"] = [1, 1, 42]
+    bad = write_folder(store, tmp_path / "bad")
+    code, out, err = run("validate", str(bad))
+    assert code == 1
+    assert "orders.ordered_at: unparseable timestamp (1 row), e.g. ['soon']" in err
+    assert "orders.customer_id: unknown customer: not in customers.customer_id (1 row), e.g. [42]" in err
+    assert "Traceback" not in err + out
+
+
+def test_ingest_twice_and_refuse_bad(tmp_path: Path) -> None:
+    folder = write_folder(make_store(), tmp_path / "store")
+    db = tmp_path / "x.duckdb"
+    for _ in range(2):
+        code, out, _ = run("ingest", str(folder), "--db", str(db))
+        assert code == 0, out
+        assert "orders                   3 rows" in out
+    store = make_store()
+    store["customers"]["email_status"] = ["subscribed", "maybe", "subscribed"]
+    bad = write_folder(store, tmp_path / "bad")
+    code, _, err = run("ingest", str(bad), "--db", str(db))
+    assert code == 1
+    assert "customers.email_status: unexpected value" in err
+    assert "validation failed" in err
+
+
+def test_errors_are_one_line_messages(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    code, _, err = run("validate", str(tmp_path / "notes.txt"))
+    assert code == 1
+    assert err.strip().startswith("error: ")
+    assert "Traceback" not in err
+    code, _, err = run("validate", "--as-of", "someday", str(tmp_path))
+    assert code == 1
+    assert "as_of: cannot parse 'someday'" in err
+
+
+def test_contracts_prints_every_table() -> None:
+    code, out, _ = run("contracts")
+    assert code == 0
+    for name in ("customers", "orders", "order_lines", "web_events", "email_events", "campaigns"):
+        assert f"### `{name}`" in out
+    assert "| `machine_open` | bool | no | yes |" in out
