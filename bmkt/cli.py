@@ -144,6 +144,96 @@ def contracts() -> None:
     click.echo(contracts_markdown())
 
 
+def _value(text: str) -> Any:
+    """Interpret a ``-p`` value like papermill: numbers and booleans, else text."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _echo_result(result: Any) -> None:
+    for nb, html in zip(result.notebooks, result.html, strict=False):
+        click.echo(f"executed {nb}  (report: {html.name})")
+    click.echo(f"run {result.run_id}: results in {result.out_dir}")
+
+
+_reports_option = click.option(
+    "--reports",
+    "reports_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Reports folder [default: {config.REPORTS_DIR}]",
+)
+
+
+@cli.command("run")
+@click.argument("notebook")
+@click.option(
+    "-p",
+    "--parameter",
+    "params",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="Notebook parameter (repeatable).",
+)
+@click.option("--run-id", default=None, help="Run id [default: as_of + UTC timestamp].")
+@_reports_option
+def run_cmd(
+    notebook: str, params: tuple[tuple[str, str], ...], run_id: str | None, reports_dir: Path | None
+) -> None:
+    """Execute NOTEBOOK with papermill and publish it to reports/<run_id>/.
+
+    Writes the executed notebook, an HTML export with code hidden and the
+    notebook's artifacts. A failing cell exits 1 and publishes nothing.
+    """
+    from bmkt.runner import run_notebook
+
+    parameters = {k: _value(v) for k, v in params}
+    result = run_notebook(
+        notebook,
+        parameters,
+        run_id=run_id,
+        reports_dir=reports_dir,
+        progress=sys.stderr.isatty(),
+    )
+    _echo_result(result)
+
+
+@cli.command()
+@click.option("--as-of", required=True, help="Run date (YYYY-MM-DD).")
+@click.option(
+    "-p",
+    "--parameter",
+    "params",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="Parameter handed to every notebook that declares it (repeatable).",
+)
+@click.option("--run-id", default=None, help="Run id [default: as_of + UTC timestamp].")
+@_reports_option
+def pipeline(
+    as_of: str, params: tuple[tuple[str, str], ...], run_id: str | None, reports_dir: Path | None
+) -> None:
+    """Run the notebooks 10 -> 20 -> 30 -> 40 on one run id and publish them together."""
+    from bmkt.runner import run_pipeline
+
+    parameters = {k: _value(v) for k, v in params}
+    result = run_pipeline(
+        as_of, parameters, run_id=run_id, reports_dir=reports_dir, progress=sys.stderr.isatty()
+    )
+    _echo_result(result)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``bmkt`` console script."""
     cli.main(args=argv, prog_name="bmkt")
