@@ -642,8 +642,9 @@ def sample_size(
             f"Got baseline={baseline!r}, effect={delta!r}."
         )
     n = _n_exact(baseline, delta, z_a, z_b, ratio, kind, sd)
-    # tolerance so that sample_size(minimum_detectable_effect(n)) == n exactly
-    return int(math.ceil(n - 1e-6))
+    # relative tolerance (float error grows with n) so that
+    # sample_size(minimum_detectable_effect(n)) == n exactly
+    return int(math.ceil(n - max(1e-6, 1e-9 * n)))
 
 
 def minimum_detectable_effect(
