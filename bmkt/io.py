@@ -217,7 +217,18 @@ def open_store(
                 raise ConfigError(
                     f"{name}: expected a pandas DataFrame, got {type(frame).__name__}."
                 )
-            tables[name] = con.create_table(f"_raw_{name}", frame, temp=True, overwrite=True)
+            expr = ibis.memtable(frame)
+            # all-null object columns (e.g. an empty frame) have no type: take the contract's
+            untyped = {c: t for c, t in expr.schema().items() if t.is_null()}
+            if untyped:
+                kinds = {c.name: c for c in CONTRACTS[name].columns}
+                expr = expr.mutate(
+                    **{
+                        c: expr[c].cast(_kind_type(kinds[c], {}) if c in kinds else dt.string)
+                        for c in untyped
+                    }
+                )
+            tables[name] = con.create_table(f"_raw_{name}", expr, temp=True, overwrite=True)
         return Store(con=con, raw_tables=tables, source="DataFrames")
     path = Path(source)
     if not path.exists():

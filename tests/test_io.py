@@ -154,3 +154,25 @@ def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
     assert a == fingerprint(folder)
     (folder / "orders.csv").write_text((folder / "orders.csv").read_text() + "13,1,2024-03-03,1.0\n")
     assert fingerprint(folder) != a
+
+
+def test_empty_frames_with_untyped_columns_load(tmp_path: Path) -> None:
+    store = make_store()
+    store["web_events"] = pd.DataFrame(
+        {
+            "customer_id": pd.Series([], dtype="int64"),
+            "occurred_at": pd.Series([], dtype="datetime64[ns]"),
+            "event_type": pd.Series([], dtype=object),
+            "product_id": pd.Series([], dtype="Int64"),
+            "category": pd.Series([], dtype=object),
+        }
+    )
+    opened = open_store(store)
+    assert opened.table("web_events").count().execute() == 0
+    assert validate_ok(store)
+
+
+def validate_ok(store: dict[str, pd.DataFrame]) -> bool:
+    from bmkt.validate import validate
+
+    return validate(store).ok
