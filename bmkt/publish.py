@@ -1,0 +1,460 @@
+"""Publishing a send plan: the files the sending step picks up.
+
+:func:`publish_plan` writes ``<out_dir>/<run_id>/send_lists/``:
+
+``send_<campaign_id>.csv``
+    One row per email: :data:`bmkt.plan.SEND_COLUMNS`. The **only** files that
+    carry email addresses.
+``holdout_<campaign_id>.csv``
+    The campaign's control group (:data:`bmkt.plan.HOLDOUT_COLUMNS`), never sent.
+``exclusions.csv``
+    Excluded customers per campaign and first reason (counts only).
+``exclusions_detail.csv``
+    One row per excluded (customer, campaign) with the first and all reasons
+    (customer ids only), for audits ("why did customer 42 get nothing?").
+``global_control.csv``
+    Customers in the global control group (ids only).
+``datapackage.json``
+    A `Frictionless Data Package`_ descriptor (profile ``tabular-data-package``):
+    per resource its ``path``, ``schema`` (fields and types), ``hash``
+    (``"sha256:<hex>"``), ``bytes`` and ``rows``; plus the bmkt fields
+    ``run_id``, ``as_of``, ``parameters``, ``plan_parameters``, ``inputs``
+    (input fingerprints), ``row_counts``, ``exclusions_by_reason`` and
+    ``package_versions``. **It is the run's manifest**; ``manifest.json`` is
+    a byte-identical copy for tools that look for that name.
+
+Guarantees
+----------
+Atomic
+    Everything is written into a temporary sibling folder
+    (``.send_lists.tmp-*``), each file fsync'ed; only when all succeeded does
+    the folder take the place of ``send_lists`` (the previous one is renamed to
+    ``.send_lists.old``, the new one moved in, the old one deleted; on failure
+    the old one is moved back). A failure leaves the previous publication
+    untouched and no temporary folder behind. A crash between the two renames
+    is repaired by the next call. Two processes must not publish the same
+    ``run_id`` at the same time.
+Deterministic
+    Same plan and parameters give byte-identical files: rows sorted, fixed
+    column order, UTF-8 without BOM, ``\\n`` line endings, timestamps as
+    ISO 8601 with ``Z``, floats with ``%.10g``. The descriptor holds no
+    wall-clock time.
+Spreadsheet-safe
+    Following OWASP's CSV-injection advice, text cells that begin with ``=``,
+    ``+``, ``-``, ``@``, a tab or a carriage return are prefixed with a single
+    quote ``'``, so a spreadsheet shows them as text instead of running them
+    as formulas. Identifier columns (``customer_id``, ``campaign_id``, product
+    ids ``rec_1``..``rec_3``, ``abandoned_products``, ``trigger_products``) and
+    numbers are written untouched: they are keys the sending step must match
+    exactly (the plan already refuses addresses that start with such a
+    character).
+Private
+    Email addresses appear only in the send files; publication fails if one
+    shows up anywhere else.
+
+.. _Frictionless Data Package: https://specs.frictionlessdata.io/data-package/
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bmkt import config
+from bmkt.errors import BmktError, ConfigError, PublishError
+from bmkt.plan import (
+    EXCLUSION_COLUMNS,
+    FORMULA_PREFIXES,
+    HOLDOUT_COLUMNS,
+    SEND_COLUMNS,
+    SendPlan,
+    find_emails,
+)
+from bmkt.schema import EMAIL_REGEX
+
+log = logging.getLogger(__name__)
+
+__all__ = ["publish_plan", "neutralise_formula", "package_versions", "SEND_LISTS"]
+
+#: Name of the published folder inside ``<out_dir>/<run_id>/``.
+SEND_LISTS = "send_lists"
+
+#: Columns written untouched (identifiers the sending step must match exactly).
+ID_COLUMNS = frozenset(
+    {
+        "customer_id",
+        "campaign_id",
+        "rec_1",
+        "rec_2",
+        "rec_3",
+        "abandoned_products",
+        "trigger_products",
+    }
+)
+_DATETIME_COLUMNS = frozenset({"send_at_utc", "triggered_at"})
+_PACKAGES = {
+    "bmkt": "bmkt",
+    "pandas": "pandas",
+    "numpy": "numpy",
+    "duckdb": "duckdb",
+    "ibis": "ibis-framework",
+}
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+
+
+def neutralise_formula(value: Any) -> Any:
+    """Prefix text that a spreadsheet would read as a formula with ``'``.
+
+    Examples
+    --------
+    >>> neutralise_formula("=HYPERLINK(\\"http://x\\")")
+    '\\'=HYPERLINK("http://x")'
+    >>> neutralise_formula("10% off"), neutralise_formula(-5)
+    ('10% off', -5)
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of bmkt and the libraries that shape its outputs."""
+    out = {}
+    for name, dist in _PACKAGES.items():
+        try:
+            out[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            module = __import__(name)
+            out[name] = str(getattr(module, "__version__", "unknown"))
+    return out
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _field_type(name: str, s: pd.Series) -> str:
+    if name in _DATETIME_COLUMNS:
+        return "datetime"
+    kind = s.dtype.kind
+    if isinstance(s.dtype, pd.BooleanDtype) or kind == "b":
+        return "boolean"
+    if kind in "iu" or (name == "customer_id" and len(s) and _all_ints(s)):
+        return "integer"
+    if kind == "f":
+        return "number"
+    return "string"
+
+
+def _all_ints(s: pd.Series) -> bool:
+    return bool(s.map(lambda v: isinstance(v, int | np.integer) and not isinstance(v, bool)).all())
+
+
+def _prepare(frame: pd.DataFrame) -> pd.DataFrame:
+    """Format timestamps and neutralise formula-like text (a copy)."""
+    out = frame.copy()
+    for col in out.columns:
+        s = out[col]
+        if col in _DATETIME_COLUMNS or s.dtype.kind == "M":
+            ts = pd.to_datetime(s)
+            out[col] = ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ").where(ts.notna(), None)
+        elif col not in ID_COLUMNS and s.dtype.kind == "O":
+            out[col] = s.map(neutralise_formula)
+    return out
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> dict[str, Any]:
+    """Write one CSV deterministically and fsync it; return its stats."""
+    text = _prepare(frame).to_csv(index=False, lineterminator="\n", float_format="%.10g")
+    data = text.encode("utf-8")
+    _write_bytes(path, data)
+    return {"bytes": len(data), "hash": "sha256:" + hashlib.sha256(data).hexdigest()}
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _resource(
+    name: str, path: str, frame: pd.DataFrame, stats: Mapping[str, Any], key: list[str]
+) -> dict[str, Any]:
+    fields = [{"name": c, "type": _field_type(c, frame[c])} for c in frame.columns]
+    for f in fields:
+        if f["type"] == "datetime":
+            f["format"] = "%Y-%m-%dT%H:%M:%SZ"
+    return {
+        "name": name,
+        "path": path,
+        "profile": "tabular-data-resource",
+        "format": "csv",
+        "mediatype": "text/csv",
+        "encoding": "utf-8",
+        "dialect": {"delimiter": ",", "lineTerminator": "\n", "header": True},
+        "hash": stats["hash"],
+        "bytes": stats["bytes"],
+        "rows": len(frame),
+        "schema": {"fields": fields, "primaryKey": key, "missingValues": [""]},
+    }
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating):
+        return float(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if isinstance(v, Path):
+        return v.as_posix()
+    if isinstance(v, set | frozenset | tuple):
+        return sorted(v, key=str) if isinstance(v, set | frozenset) else list(v)
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return str(v)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_run_id(run_id: str) -> None:
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or run_id in (".", ".."):
+        raise ConfigError(
+            f"run_id must be letters, digits and '_ . : + -' (a folder name). Got {run_id!r}."
+        )
+
+
+def _check_plan(plan: SendPlan) -> None:
+    """Last line of defence before files reach the sending step."""
+    s = plan.sends
+    missing = [c for c in SEND_COLUMNS if c not in s.columns]
+    if missing:
+        raise PublishError(f"send plan: sends lack columns {missing}; nothing was published.")
+    bad = ~s["email"].astype("string").str.match(EMAIL_REGEX).fillna(False).astype(bool)
+    bad |= s["email"].map(lambda e: isinstance(e, str) and e.startswith(FORMULA_PREFIXES))
+    if bad.any():
+        raise PublishError(
+            f"send plan: {int(bad.sum())} sends have a missing or malformed email, "
+            f"e.g. customer_id {s.loc[bad, 'customer_id'].head(3).tolist()}; nothing was published."
+        )
+    dup = s.duplicated(["campaign_id", "customer_id"])
+    if dup.any():
+        raise PublishError(
+            f"send plan: {int(dup.sum())} customers appear twice in one campaign, "
+            f"e.g. {s.loc[dup, 'customer_id'].head(3).tolist()}; nothing was published."
+        )
+    both = s.merge(plan.holdouts, on=["campaign_id", "customer_id"], how="inner")
+    if len(both):
+        raise PublishError(
+            f"send plan: {len(both)} customers are both held out and sent, "
+            f"e.g. {both['customer_id'].head(3).tolist()}; nothing was published."
+        )
+    for name, frame in (
+        ("holdouts", plan.holdouts),
+        ("exclusions", plan.exclusions.rows),
+        ("global_control", plan.global_control),
+    ):
+        if "email" in frame.columns:
+            raise PublishError(f"send plan: {name} carries email addresses; nothing was published.")
+    ids = plan.params.get("campaign_ids") or sorted(s["campaign_id"].unique())
+    lower = [str(c).lower() for c in ids]
+    if len(set(lower)) != len(lower):
+        raise PublishError(
+            f"campaign ids {ids} differ only in case: their files would collide; "
+            "nothing was published."
+        )
+
+
+# --------------------------------------------------------------------------- publication
+
+
+def _recover(target: Path) -> None:
+    """Repair a crash of an earlier publication and drop its leftovers."""
+    backup = target.with_name(f".{target.name}.old")
+    if backup.exists():
+        if target.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.rename(backup, target)
+            log.warning("restored %s from an interrupted publication", target)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _swap(new: Path, target: Path) -> None:
+    backup = target.with_name(f".{target.name}.old")
+    had_old = target.exists()
+    if had_old:
+        os.rename(target, backup)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        if had_old and not target.exists():
+            os.rename(backup, target)
+        raise
+    if had_old:
+        shutil.rmtree(backup, ignore_errors=True)
+    _fsync_dir(target.parent)
+
+
+def publish_plan(
+    plan: SendPlan,
+    out_dir: str | os.PathLike[str] | None,
+    run_id: str,
+    as_of: Any,
+    parameters: Mapping[str, Any] | None = None,
+    inputs_fingerprints: Mapping[str, Any] | None = None,
+) -> Path:
+    """Publish a send plan atomically to ``<out_dir>/<run_id>/send_lists/``.
+
+    See the module docstring for the files and the guarantees.
+
+    Parameters
+    ----------
+    plan : SendPlan
+        From :func:`bmkt.plan.build_plan`.
+    out_dir : path-like or None
+        The reports folder (:data:`bmkt.config.REPORTS_DIR` when ``None``).
+        Inside a notebook run by :mod:`bmkt.runner`, pass the parent of the
+        notebook's ``output_dir`` so the lists land in the run's staging folder.
+    run_id : str
+        The run the lists belong to (a folder name).
+    as_of : date-like
+        The run date, recorded in the descriptor.
+    parameters : mapping, optional
+        The run's parameters as the user gave them (JSON-serialisable).
+    inputs_fingerprints : mapping, optional
+        ``{input name: fingerprint}`` (e.g. :func:`bmkt.io.fingerprint`).
+
+    Returns
+    -------
+    Path
+        The published ``send_lists`` folder.
+
+    Raises
+    ------
+    PublishError
+        Anything failed; nothing was published and the previous publication
+        of ``run_id`` is untouched.
+    ConfigError
+        ``run_id`` is not a valid folder name.
+    """
+    _check_run_id(run_id)
+    _check_plan(plan)
+    run_dir = Path(out_dir if out_dir is not None else config.REPORTS_DIR) / run_id
+    target = run_dir / SEND_LISTS
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _recover(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{SEND_LISTS}.tmp-", dir=run_dir))
+    except OSError as exc:
+        raise PublishError(f"cannot prepare {target} ({exc}); nothing was published.") from exc
+    try:
+        _write_all(plan, tmp, run_id, as_of, parameters or {}, inputs_fingerprints or {})
+        _fsync_dir(tmp)
+        _swap(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, BmktError) or not isinstance(exc, Exception):
+            raise
+        raise PublishError(
+            f"publishing the send lists of run {run_id!r} failed ({type(exc).__name__}: {exc}); "
+            "nothing was published and the previous publication is untouched."
+        ) from exc
+    log.info("published %d send rows to %s", len(plan.sends), target)
+    return target
+
+
+def _write_all(
+    plan: SendPlan,
+    folder: Path,
+    run_id: str,
+    as_of: Any,
+    parameters: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+) -> None:
+    campaign_ids = list(
+        plan.params.get("campaign_ids") or sorted(plan.sends["campaign_id"].unique())
+    )
+    files: list[tuple[str, str, pd.DataFrame, list[str]]] = []
+    for cid in campaign_ids:
+        sends = plan.sends.loc[plan.sends["campaign_id"] == cid, list(SEND_COLUMNS)]
+        files.append((f"send_{cid}", f"send_{cid}.csv", sends, ["customer_id"]))
+    for cid in campaign_ids:
+        held = plan.holdouts.loc[plan.holdouts["campaign_id"] == cid, list(HOLDOUT_COLUMNS)]
+        files.append((f"holdout_{cid}", f"holdout_{cid}.csv", held, ["customer_id"]))
+    counts = plan.exclusions.counts
+    files.append(("exclusions", "exclusions.csv", counts, ["campaign_id", "reason"]))
+    detail = plan.exclusions.rows.loc[:, list(EXCLUSION_COLUMNS)]
+    files.append(
+        ("exclusions_detail", "exclusions_detail.csv", detail, ["customer_id", "campaign_id"])
+    )
+    gc = plan.global_control.loc[:, ["customer_id", "segment"]]
+    files.append(("global_control", "global_control.csv", gc, ["customer_id"]))
+
+    emails = plan.sends["email"].dropna().tolist()
+    resources = []
+    for name, path, frame, key in files:
+        frame = frame.reset_index(drop=True)
+        stats = _write_csv(frame, folder / path)
+        if not name.startswith("send_"):
+            leaked = find_emails((folder / path).read_text(encoding="utf-8"), emails)
+            if leaked:
+                raise PublishError(
+                    f"{path}: {len(leaked)} email addresses outside a send file; "
+                    "nothing was published."
+                )
+        resources.append(_resource(name.lower(), path, frame, stats, key))
+
+    descriptor = {
+        "profile": "tabular-data-package",
+        "name": "bmkt-send-lists-" + re.sub(r"[^a-z0-9._-]+", "-", run_id.lower()),
+        "title": f"bmkt send lists, run {run_id}",
+        "resources": resources,
+        "run_id": run_id,
+        "as_of": _jsonable(as_of) if not isinstance(as_of, str) else as_of,
+        "parameters": dict(parameters),
+        "plan_parameters": plan.params,
+        "inputs": dict(inputs),
+        "row_counts": {r["path"]: r["rows"] for r in resources},
+        "exclusions_by_reason": plan.exclusions.by_reason(),
+        "package_versions": package_versions(),
+    }
+    text = json.dumps(descriptor, indent=2, sort_keys=True, ensure_ascii=False, default=_jsonable)
+    leaked = find_emails(text, emails)
+    if leaked:
+        raise PublishError(
+            f"datapackage.json: {len(leaked)} email addresses in the parameters; "
+            "nothing was published."
+        )
+    data = (text + "\n").encode("utf-8")
+    _write_bytes(folder / "datapackage.json", data)
+    _write_bytes(folder / "manifest.json", data)

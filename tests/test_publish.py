@@ -1,0 +1,248 @@
+"""Publishing send lists: atomic, deterministic, spreadsheet-safe, addresses only where needed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import bmkt.publish as publish_module
+from bmkt.errors import ConfigError, PublishError
+from bmkt.plan import SEND_COLUMNS, build_plan, load_campaigns
+from bmkt.publish import neutralise_formula, package_versions, publish_plan
+
+AS_OF = "2024-06-30"
+
+
+def make_plan(offer: str = "10% off", **kw: Any) -> Any:
+    n = 30
+    cust = pd.DataFrame(
+        {
+            "customer_id": range(1, n + 1),
+            "email": [f"c{i}@example.com" for i in range(1, n + 1)],
+            "email_status": ["subscribed"] * (n - 2) + ["unsubscribed", "bounced"],
+            "email_consent": True,
+            "timezone": ["Europe/Berlin", None, "America/New_York"] * (n // 3),
+        }
+    )
+    assign = pd.DataFrame(
+        {"segment": ["Champions", "+cmd|' /C calc'!A0"] * (n // 2)},
+        index=pd.Index(range(1, n + 1), name="customer_id"),
+    )
+    triggers = pd.DataFrame(
+        {
+            "customer_id": [1, 2, 3],
+            "trigger": "cart_abandonment",
+            "triggered_at": pd.Timestamp("2024-06-29 10:00"),
+            "products": [[5, 6], [7], [8]],
+            "categories": [["@SUM(1+1)"], ["\tshoes"], ["-2+3"]],
+        }
+    )
+    campaigns = load_campaigns(
+        {
+            "campaigns": [
+                {
+                    "campaign_id": "cart",
+                    "template": "cart_abandonment.html.j2",
+                    "audience": {"triggers": ["cart_abandonment"]},
+                    "offer": '=HYPERLINK("http://evil")',
+                    "priority": 5,
+                    "holdout_share": 0.0,
+                },
+                {
+                    "campaign_id": "news",
+                    "template": "newsletter.html.j2",
+                    "audience": {"segments": ["Champions", "+cmd|' /C calc'!A0"]},
+                    "offer": offer,
+                    "variants": {"A": 1, "B": 1},
+                    "holdout_share": 0.3,
+                },
+            ]
+        }
+    )
+    recs = pd.DataFrame(
+        {"customer_id": [4, 4], "rank": [1, 2], "product_id": [11, 12], "score": 1.0}
+    )
+    return build_plan(
+        cust, assign, triggers, campaigns, AS_OF, recommendations=recs, forgotten=None, **kw
+    )
+
+
+def publish(plan: Any, out: Path, run_id: str = "run1") -> Path:
+    return publish_plan(
+        plan,
+        out,
+        run_id,
+        AS_OF,
+        parameters={"as_of": AS_OF, "max_per_day": 1},
+        inputs_fingerprints={"store": "sha256:abc"},
+    )
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_files_descriptor_and_hashes(tmp_path: Path) -> None:
+    plan = make_plan()
+    target = publish(plan, tmp_path)
+    assert target == tmp_path / "run1" / "send_lists"
+    names = sorted(p.name for p in target.iterdir())
+    assert names == [
+        "datapackage.json",
+        "exclusions.csv",
+        "exclusions_detail.csv",
+        "global_control.csv",
+        "holdout_cart.csv",
+        "holdout_news.csv",
+        "manifest.json",
+        "send_cart.csv",
+        "send_news.csv",
+    ]
+    desc = json.loads((target / "datapackage.json").read_text())
+    assert (target / "manifest.json").read_bytes() == (target / "datapackage.json").read_bytes()
+    assert desc["profile"] == "tabular-data-package"
+    assert desc["run_id"] == "run1" and desc["as_of"] == AS_OF
+    assert desc["inputs"] == {"store": "sha256:abc"}
+    assert set(desc["package_versions"]) == {"bmkt", "pandas", "numpy", "duckdb", "ibis"}
+    assert desc["package_versions"] == package_versions()
+    assert desc["exclusions_by_reason"] == plan.exclusions.by_reason()
+    for res in desc["resources"]:
+        data = (target / res["path"]).read_bytes()
+        assert res["hash"] == "sha256:" + hashlib.sha256(data).hexdigest()
+        assert res["bytes"] == len(data)
+        frame = pd.read_csv(target / res["path"], dtype=str, keep_default_na=False)
+        assert res["rows"] == len(frame) == desc["row_counts"][res["path"]]
+        assert [f["name"] for f in res["schema"]["fields"]] == list(frame.columns)
+    send = next(r for r in desc["resources"] if r["path"] == "send_news.csv")
+    types = {f["name"]: f["type"] for f in send["schema"]["fields"]}
+    assert types["customer_id"] == "integer" and types["send_at_utc"] == "datetime"
+    news = pd.read_csv(target / "send_news.csv", dtype=str, keep_default_na=False)
+    assert list(news.columns) == list(SEND_COLUMNS)
+    assert news["send_at_utc"].str.fullmatch(r"2024-07-01T\d\d:00:00Z").all()
+    assert len(news) == (plan.sends["campaign_id"] == "news").sum()
+    counts = pd.read_csv(target / "exclusions.csv")
+    assert list(counts.columns) == ["campaign_id", "reason", "customers"]
+    assert counts["customers"].sum() == len(plan.exclusions.rows)
+
+
+def test_rerun_is_byte_identical(tmp_path: Path) -> None:
+    a = snapshot(publish(make_plan(), tmp_path / "a"))
+    b = snapshot(publish(make_plan(), tmp_path / "b"))
+    assert a == b
+    assert all(b"\r\n" not in v for v in a.values())
+    # republishing the same run id replaces it in place
+    again = publish(make_plan(offer="20% off"), tmp_path / "a")
+    assert b"20% off" in (again / "send_news.csv").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a" / "run1").iterdir()) == ["send_lists"]
+
+
+def test_formula_injection_is_neutralised(tmp_path: Path) -> None:
+    target = publish(make_plan(), tmp_path)
+    cart = pd.read_csv(target / "send_cart.csv", dtype=str, keep_default_na=False)
+    assert set(cart["offer"]) == {'\'=HYPERLINK("http://evil")'}
+    cats = dict(zip(cart["customer_id"], cart["trigger_categories"], strict=True))
+    assert cats["1"] == "'@SUM(1+1)"
+    assert cats["3"] == "'-2+3"
+    news = pd.read_csv(target / "send_news.csv", dtype=str, keep_default_na=False)
+    assert set(news["segment"]) <= {"Champions", "'+cmd|' /C calc'!A0"}
+    held = pd.read_csv(target / "holdout_news.csv", dtype=str, keep_default_na=False)
+    assert not held["segment"].str.startswith(("=", "+", "-", "@")).any()
+    # ids and numbers are untouched
+    assert cart["customer_id"].tolist() == ["1", "2", "3"]
+    assert cart.loc[0, "abandoned_products"] == "5|6"
+    assert neutralise_formula("\tx") == "'\tx"
+    assert neutralise_formula("\rx") == "'\rx"
+    assert neutralise_formula("a=b") == "a=b"
+    assert neutralise_formula(-3) == -3
+
+
+def test_emails_only_in_send_files(tmp_path: Path) -> None:
+    plan = make_plan()
+    target = publish(plan, tmp_path)
+    emails = set(plan.sends["email"])
+    for path in target.iterdir():
+        text = path.read_text()
+        found = {e for e in emails if e in text}
+        assert bool(found) == path.name.startswith("send_"), path.name
+    with pytest.raises(PublishError, match="email addresses in the parameters"):
+        publish_plan(plan, tmp_path, "run2", AS_OF, {"owner": "c1@example.com"}, {})
+    assert not (tmp_path / "run2" / "send_lists").exists()
+
+
+def test_failure_midway_leaves_previous_run_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = publish(make_plan(), tmp_path)
+    before = snapshot(target)
+    real = publish_module._write_csv
+    calls = {"n": 0}
+
+    def flaky(frame: pd.DataFrame, path: Path) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            path.write_bytes(b"customer_id,email\n1,partial")  # a half-written file
+            raise OSError("disk full")
+        return real(frame, path)
+
+    monkeypatch.setattr(publish_module, "_write_csv", flaky)
+    with pytest.raises(PublishError, match="disk full.*previous publication is untouched"):
+        publish(make_plan(offer="NEW"), tmp_path)
+    assert snapshot(target) == before
+    assert sorted(p.name for p in (tmp_path / "run1").iterdir()) == ["send_lists"]  # no temp
+
+    # a first publication that fails leaves nothing at all
+    calls["n"] = 0
+    with pytest.raises(PublishError):
+        publish(make_plan(), tmp_path, run_id="fresh")
+    assert list((tmp_path / "fresh").iterdir()) == []
+
+
+def test_failure_while_swapping_restores_previous(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = publish(make_plan(), tmp_path)
+    before = snapshot(target)
+    real_rename = publish_module.os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if ".tmp-" in str(src):
+            raise OSError("rename failed")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(publish_module.os, "rename", rename)
+    with pytest.raises(PublishError, match="rename failed"):
+        publish(make_plan(offer="NEW"), tmp_path)
+    monkeypatch.undo()
+    assert snapshot(target) == before
+    assert sorted(p.name for p in (tmp_path / "run1").iterdir()) == ["send_lists"]
+
+
+def test_interrupted_swap_is_repaired(tmp_path: Path) -> None:
+    target = publish(make_plan(), tmp_path)
+    backup = target.with_name(".send_lists.old")
+    target.rename(backup)  # a crash between the two renames
+    (target.parent / ".send_lists.tmp-dead").mkdir()
+    publish(make_plan(), tmp_path)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["send_lists"]
+
+
+def test_plan_sanity_checks(tmp_path: Path) -> None:
+    plan = make_plan()
+    with pytest.raises(ConfigError, match="run_id must be"):
+        publish_plan(plan, tmp_path, "../x", AS_OF)
+    bad = make_plan()
+    bad.sends.loc[0, "email"] = "=evil@example.com"
+    with pytest.raises(PublishError, match="1 sends have a missing or malformed email"):
+        publish_plan(bad, tmp_path, "r", AS_OF)
+    overlap = make_plan()
+    overlap.holdouts = pd.concat(
+        [overlap.holdouts, overlap.sends.loc[[0], ["customer_id", "campaign_id", "segment"]]]
+    )
+    with pytest.raises(PublishError, match="both held out and sent"):
+        publish_plan(overlap, tmp_path, "r", AS_OF)
+    assert not (tmp_path / "r" / "send_lists").exists()
