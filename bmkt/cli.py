@@ -137,6 +137,44 @@ def validate(source: Path, as_of: str | None) -> None:
 
 
 @cli.command()
+@click.argument("customer_ids", nargs=-1)
+@click.option(
+    "--from-file",
+    "from_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="File of ids (one per line, or CSV with a customer_id column).",
+)
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"DuckDB store [default: {config.DEFAULT_DB}]",
+)
+@click.option(
+    "--suppression",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Suppression list to append to [default: next to the store].",
+)
+def forget(
+    customer_ids: tuple[str, ...],
+    from_file: Path | None,
+    db: Path | None,
+    suppression: Path | None,
+) -> None:
+    """Erase customers (right to erasure) and suppress them in every later plan."""
+    from bmkt.errors import ConfigError
+    from bmkt.privacy import forget as run_forget
+
+    if bool(customer_ids) == bool(from_file):
+        raise ConfigError("give customer ids or --from-file (one of the two).")
+    removed = run_forget(db or config.DEFAULT_DB, from_file or list(customer_ids), suppression)
+    for name, n in removed.items():
+        click.echo(f"{name:<13} {n:>12,} rows removed")
+
+
+@cli.command()
 def contracts() -> None:
     """Print the data contracts (tables, columns, kinds, meaning) as Markdown."""
     from bmkt.schema import contracts_markdown

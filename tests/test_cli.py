@@ -29,7 +29,10 @@ def test_validate_ok_and_failing(tmp_path: Path) -> None:
     code, out, err = run("validate", str(bad))
     assert code == 1
     assert "orders.ordered_at: unparseable timestamp (1 row), e.g. ['soon']" in err
-    assert "orders.customer_id: unknown customer: not in customers.customer_id (1 row), e.g. [42]" in err
+    assert (
+        "orders.customer_id: unknown customer: not in customers.customer_id (1 row), e.g. [42]"
+        in err
+    )
     assert "Traceback" not in err + out
 
 
@@ -66,3 +69,14 @@ def test_contracts_prints_every_table() -> None:
     for name in ("customers", "orders", "order_lines", "web_events", "email_events", "campaigns"):
         assert f"### `{name}`" in out
     assert "| `machine_open` | bool | no | yes |" in out
+
+
+def test_forget_removes_and_reports(tmp_path: Path) -> None:
+    db = tmp_path / "x.duckdb"
+    assert run("ingest", str(write_folder(make_store(), tmp_path / "s")), "--db", str(db))[0] == 0
+    code, out, err = run("forget", "1", "--db", str(db))
+    assert code == 0, err
+    assert "customers                1 rows removed" in out
+    assert "orders                   2 rows removed" in out
+    code, _, err = run("forget", "--db", str(db))
+    assert code == 1 and "give customer ids or --from-file" in err
