@@ -1,0 +1,281 @@
+"""The per-customer score table: every score of every customer in one frame.
+
+:func:`score_customers` runs the scoring stage of the main job on a store:
+
+1. RFM summary in the engine (:func:`bmkt.rfm.summarize`), R/F/M scores and
+   the named RFM segment;
+2. lifetime value: BG/NBD (P(alive), expected purchases) and Gamma-Gamma
+   (expected spend), combined into a discounted CLV (:mod:`bmkt.clv`);
+3. email engagement with machine opens kept out, preferred send hour in the
+   customer's time zone, category and discount affinity
+   (:mod:`bmkt.engagement`);
+4. churn risk and purchase propensity from models trained on the store's own
+   past with a temporal split (:mod:`bmkt.churn`, :mod:`bmkt.propensity`),
+   when asked for;
+5. behavioral triggers and their flags (:mod:`bmkt.triggers`).
+
+The result has one row per customer who signed up by ``as_of`` and the
+column names the default segment rules read (``rfm_segment``, ``r_score``,
+``p_alive``, ``clv``, ``churn_risk``, ``engagement_state``, ``trg_*``...).
+It carries customer ids, never email addresses.
+
+Customers who never bought
+--------------------------
+RFM and CLV describe buyers. For customers without an order ``is_buyer`` is
+False, ``n_orders`` 0, ``clv`` 0.0 and ``expected_purchases`` 0.0, while
+``p_alive``, ``r_score``/``f_score``/``m_score`` and ``rfm_segment`` are
+missing (NaN / "Prospect"): a segment rule comparing them is False.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bmkt import clv as clv_models
+from bmkt import engagement, rfm, triggers
+from bmkt.errors import DataError
+from bmkt.io import Store, open_store
+from bmkt.schema import parse_as_of
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Scores", "score_customers", "PROSPECT"]
+
+#: ``rfm_segment`` of customers without an order.
+PROSPECT = "Prospect"
+
+
+@dataclass
+class Scores:
+    """What :func:`score_customers` produced.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per customer (index ``customer_id``), every score.
+    triggers : pandas.DataFrame
+        The long trigger frame (one row per customer and trigger, with context).
+    models : dict
+        The fitted models by name (``bgnbd``, ``gamma_gamma``, and ``churn``,
+        ``purchase`` when trained).
+    summary : pandas.DataFrame
+        The RFM summary of buyers (period days).
+    params : dict
+        The parameters of the run.
+    """
+
+    table: pd.DataFrame
+    triggers: pd.DataFrame
+    models: dict[str, Any] = field(default_factory=dict)
+    summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _customers(store: Store, end: pd.Timestamp) -> pd.DataFrame:
+    c = store.table("customers")
+    c = c.filter(c.created_at < end.to_pydatetime())
+    frame = c.select("customer_id", "created_at", "timezone", "email_status", "email_consent")
+    out = frame.to_pandas().set_index("customer_id").sort_index()
+    if out.empty:
+        raise DataError(f"customers: no customer signed up before {end} (as_of); nothing to score.")
+    return out
+
+
+def _value_scores(
+    summary: pd.DataFrame, horizon_months: int, discount_rate: float, sample_size: int | None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """RFM scores and segments, P(alive), expected purchases and CLV of buyers."""
+    scores = rfm.segment(rfm.score(summary))
+    out = pd.DataFrame(index=summary.index)
+    out["r_score"] = scores["R"].astype("Int64")
+    out["f_score"] = scores["F"].astype("Int64")
+    out["m_score"] = scores["M"].astype("Int64")
+    out["rfm_score"] = scores["rfm_score"].astype(str)
+    out["rfm_segment"] = scores["segment"].astype(str)
+    models: dict[str, Any] = {}
+    bg = clv_models.BetaGeo(sample_size=sample_size).fit(summary)
+    models["bgnbd"] = bg
+    out["p_alive"] = bg.p_alive(summary)
+    out["expected_purchases_90d"] = bg.predict_purchases(summary, 90)
+    repeat = summary[(summary.frequency > 0) & (summary.monetary_value > 0)]
+    if len(repeat) >= 10:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            clv_models.check_gamma_gamma_assumption(summary)
+        for w in caught:
+            log.warning("%s", w.message)
+        gg = clv_models.GammaGamma(sample_size=sample_size).fit(summary)
+        models["gamma_gamma"] = gg
+        out["expected_spend"] = gg.expected_spend(summary)
+        out["clv"] = clv_models.clv(
+            bg, gg, summary, horizon=horizon_months, discount_rate=discount_rate, period="D"
+        )
+    else:
+        log.warning("fewer than 10 repeat buyers: no Gamma-Gamma fit, clv is missing")
+        out["expected_spend"] = np.nan
+        out["clv"] = np.nan
+    return out, models
+
+
+def score_customers(
+    store: Any,
+    as_of: Any,
+    *,
+    horizon_months: int = 12,
+    discount_rate: float = 0.01,
+    churn: bool = True,
+    churn_horizon_days: int = 90,
+    purchase_horizon_days: int = 30,
+    sample_size: int | None = 200_000,
+    trigger_config: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> Scores:
+    """Score every customer of a store as of a date.
+
+    Parameters
+    ----------
+    store : Store or source
+        Anything :func:`bmkt.io.open_store` accepts.
+    as_of : date-like
+        Run date (through the end of that day).
+    horizon_months, discount_rate : int, float
+        CLV horizon in months and monthly discount rate.
+    churn : bool
+        Train churn and purchase-propensity models on the store's own past
+        (features at ``as_of - horizon``, labels observed by ``as_of``) and
+        score everyone at ``as_of``. Skipped with a warning when the history
+        is too short.
+    churn_horizon_days, purchase_horizon_days : int
+        Label horizons of the two models.
+    sample_size : int, optional
+        Fit the CLV models on a random sample of this many customers (every
+        customer is scored); ``None`` fits on all.
+    trigger_config : mapping, optional
+        Per-trigger parameters for :func:`bmkt.triggers.detect_triggers`.
+    progress : bool
+        Show a progress bar over the steps.
+
+    Returns
+    -------
+    Scores
+    """
+    from tqdm.auto import tqdm
+
+    store = open_store(store)
+    end = parse_as_of(as_of)
+    steps = tqdm(total=6, desc="scoring", disable=not progress)
+
+    def step(name: str) -> None:
+        steps.set_postfix_str(name)
+        log.info("scoring: %s", name)
+
+    step("customers")
+    table = _customers(store, end)
+    steps.update()
+
+    step("rfm + clv")
+    summary = rfm.summarize(store.table("orders"), as_of, period="D")
+    value, models = _value_scores(summary, horizon_months, discount_rate, sample_size)
+    table["is_buyer"] = table.index.isin(summary.index)
+    table["n_orders"] = summary["n_orders"].reindex(table.index).fillna(0).astype("int64")
+    table["total_revenue"] = summary["total_revenue"].reindex(table.index).fillna(0.0)
+    table["frequency"] = summary["frequency"].reindex(table.index)
+    table["recency_days"] = (
+        (end - summary["last_order_at"]).dt.total_seconds() / 86400
+    ).reindex(table.index)
+    table["tenure_days"] = (end - table["created_at"]).dt.total_seconds() / 86400
+    table = table.join(value)
+    table["rfm_segment"] = table["rfm_segment"].fillna(PROSPECT)
+    table["rfm_score"] = table["rfm_score"].fillna("")
+    for col in ("clv", "expected_purchases_90d"):
+        table.loc[~table["is_buyer"], col] = 0.0
+    steps.update()
+
+    step("engagement")
+    eng = engagement.engagement_scores(store, as_of)
+    table["engagement_state"] = eng["state"].reindex(table.index).fillna("never_engaged")
+    table["engagement_score"] = eng["engagement_score"].reindex(table.index).fillna(0.0)
+    table["opens_never_clicks"] = eng["opens_never_clicks"].reindex(table.index).fillna(False)
+    table["is_proxy_user"] = eng["is_proxy_user"].reindex(table.index).fillna(False)
+    table["human_open_rate"] = eng["human_open_rate"].reindex(table.index).fillna(0.0)
+    send = engagement.preferred_send_time(store, as_of)
+    table["preferred_hour"] = send["preferred_hour"].reindex(table.index)
+    table["preferred_weekday"] = send["preferred_weekday"].reindex(table.index)
+    table["send_time_source"] = send["source"].reindex(table.index)
+    cat = engagement.category_affinity(store, as_of, top_n=1)
+    table["top_category"] = cat["category_1"].reindex(table.index) if "category_1" in cat else None
+    disc = engagement.discount_affinity(store, as_of)
+    table["discount_share"] = disc["discount_share"].reindex(table.index)
+    steps.update()
+
+    step("churn + propensity")
+    if churn:
+        table, fitted = _behavior_scores(
+            store, as_of, table, churn_horizon_days, purchase_horizon_days
+        )
+        models.update(fitted)
+    steps.update()
+
+    step("triggers")
+    trig = triggers.detect_triggers(
+        store, as_of, scores=table[[c for c in ("p_alive", "churn_risk") if c in table]],
+        config=trigger_config,
+    )
+    flags = triggers.wide_flags(trig, table.index)
+    table = table.join(flags)
+    steps.update()
+    steps.close()
+    table.index.name = "customer_id"
+    params = {
+        "as_of": str(as_of),
+        "horizon_months": horizon_months,
+        "discount_rate": discount_rate,
+        "churn": churn,
+        "churn_horizon_days": churn_horizon_days,
+        "purchase_horizon_days": purchase_horizon_days,
+        "sample_size": sample_size,
+    }
+    return Scores(table=table, triggers=trig, models=models, summary=summary, params=params)
+
+
+def _behavior_scores(
+    store: Store,
+    as_of: Any,
+    table: pd.DataFrame,
+    churn_horizon_days: int,
+    purchase_horizon_days: int,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Train churn and purchase models on the past and score everyone at as_of."""
+    from bmkt.errors import BmktError
+
+    fitted: dict[str, Any] = {}
+    try:
+        from bmkt.churn import ChurnModel
+        from bmkt.propensity import PurchasePropensity
+    except ImportError:  # pragma: no cover - modules ship with the package
+        log.warning("churn models unavailable; churn_risk not scored")
+        return table, fitted
+    end = parse_as_of(as_of)
+    for name, model, column in (
+        ("churn", ChurnModel(horizon_days=churn_horizon_days), "churn_risk"),
+        ("purchase", PurchasePropensity(horizon_days=purchase_horizon_days), "purchase_propensity"),
+    ):
+        cutoff = (end - pd.Timedelta(days=model.horizon_days) - pd.Timedelta(days=1)).date()
+        try:
+            model.fit(store, cutoff)
+            scored = model.score(store, as_of)
+        except BmktError as exc:
+            log.warning("%s model not trained (%s); %s left missing", name, exc, column)
+            table[column] = np.nan
+            continue
+        fitted[name] = model
+        series = scored[column] if column in scored else scored.iloc[:, -1]
+        table[column] = series.reindex(table.index)
+    return table, fitted

@@ -1,0 +1,76 @@
+"""The per-customer score table on a simulated store with known truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from bmkt.errors import DataError
+from bmkt.scoring import PROSPECT, score_customers
+from bmkt.segments import RuleSet
+from bmkt.simulate import simulate_store
+
+AS_OF = "2024-06-30"
+
+
+@pytest.fixture(scope="module")
+def store() -> dict[str, pd.DataFrame]:
+    return simulate_store(n_customers=3000, days=540, seed=11, end=AS_OF)
+
+
+@pytest.fixture(scope="module")
+def scores(store: dict[str, pd.DataFrame]):
+    return score_customers(store, AS_OF, churn=False)
+
+
+def test_one_row_per_customer_and_no_addresses(store, scores) -> None:
+    table = scores.table
+    assert table.index.is_unique
+    assert set(table.index) == set(store["customers"].customer_id)
+    assert not [c for c in table.columns if "email" in c and c not in ("email_status", "email_consent")]
+    assert not table.astype(str).apply(lambda s: s.str.contains("@example.com")).any().any()
+
+
+def test_buyers_and_prospects_follow_the_documented_rule(store, scores) -> None:
+    table = scores.table
+    buyers = set(store["orders"].loc[store["orders"].revenue > 0, "customer_id"])
+    assert set(table.index[table.is_buyer]) == buyers
+    prospects = table[~table.is_buyer]
+    assert (prospects.rfm_segment == PROSPECT).all()
+    assert (prospects.clv == 0).all() and prospects.p_alive.isna().all()
+    b = table[table.is_buyer]
+    for col in ("p_alive", "clv", "r_score", "expected_purchases_90d"):
+        assert b[col].notna().all(), col
+    assert b.p_alive.between(0, 1).all()
+    for col in ("engagement_state", "engagement_score", "preferred_hour", "is_proxy_user"):
+        assert table[col].notna().all(), col
+
+
+def test_p_alive_tracks_the_simulated_truth(store, scores) -> None:
+    truth = store["truth"].set_index("customer_id")
+    b = scores.table[scores.table.is_buyer & (scores.table.frequency > 0)]
+    alive = truth.loc[b.index, "alive_at_end"]
+    # the BG/NBD fitted on the store ranks truly-alive buyers above dropped-out ones
+    assert roc_auc_score(alive, b.p_alive) > 0.8
+
+
+def test_clv_ranks_by_true_value(store, scores) -> None:
+    truth = store["truth"].set_index("customer_id")
+    b = scores.table[scores.table.is_buyer]
+    true_value = (truth.purchase_rate * truth.expected_spend * truth.alive_at_end).loc[b.index]
+    rho = pd.Series(b.clv).rank().corr(true_value.rank())
+    assert rho > 0.5
+
+
+def test_default_segments_assign_everyone(scores) -> None:
+    table = scores.table.assign(churn_risk=1 - scores.table.p_alive, purchase_propensity=np.nan)
+    assignment = RuleSet.default().assign(table)
+    assert len(assignment) == len(table)
+    assert assignment.segment.notna().all()
+
+
+def test_no_customer_before_as_of(store) -> None:
+    with pytest.raises(DataError, match="customers: no customer signed up before"):
+        score_customers(store, "2000-01-01", churn=False)
