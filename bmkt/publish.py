@@ -325,6 +325,28 @@ def _swap(new: Path, target: Path) -> None:
     _fsync_dir(target.parent)
 
 
+def _publish_folder(target: Path, write: Any, what: str) -> None:
+    """Run ``write(tmp)`` into a temporary sibling of ``target``, then swap it in."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _recover(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise PublishError(f"cannot prepare {target} ({exc}); nothing was published.") from exc
+    try:
+        write(tmp)
+        _fsync_dir(tmp)
+        _swap(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, BmktError) or not isinstance(exc, Exception):
+            raise
+        raise PublishError(
+            f"publishing {what} failed ({type(exc).__name__}: {exc}); "
+            "nothing was published and the previous publication is untouched."
+        ) from exc
+
+
 def publish_plan(
     plan: SendPlan,
     out_dir: str | os.PathLike[str] | None,
@@ -369,26 +391,14 @@ def publish_plan(
     """
     _check_run_id(run_id)
     _check_plan(plan)
-    run_dir = Path(out_dir if out_dir is not None else config.REPORTS_DIR) / run_id
-    target = run_dir / SEND_LISTS
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _recover(target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{SEND_LISTS}.tmp-", dir=run_dir))
-    except OSError as exc:
-        raise PublishError(f"cannot prepare {target} ({exc}); nothing was published.") from exc
-    try:
-        _write_all(plan, tmp, run_id, as_of, parameters or {}, inputs_fingerprints or {})
-        _fsync_dir(tmp)
-        _swap(tmp, target)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, BmktError) or not isinstance(exc, Exception):
-            raise
-        raise PublishError(
-            f"publishing the send lists of run {run_id!r} failed ({type(exc).__name__}: {exc}); "
-            "nothing was published and the previous publication is untouched."
-        ) from exc
+    target = Path(out_dir if out_dir is not None else config.REPORTS_DIR) / run_id / SEND_LISTS
+    _publish_folder(
+        target,
+        lambda tmp: _write_all(
+            plan, tmp, run_id, as_of, parameters or {}, inputs_fingerprints or {}
+        ),
+        f"the send lists of run {run_id!r}",
+    )
     log.info("published %d send rows to %s", len(plan.sends), target)
     return target
 
@@ -458,3 +468,115 @@ def _write_all(
     data = (text + "\n").encode("utf-8")
     _write_bytes(folder / "datapackage.json", data)
     _write_bytes(folder / "manifest.json", data)
+
+
+SEGMENTS = "segments"
+_ANY_ADDRESS = re.compile(r"[^\s,@\"']+@[^\s,@\"']+\.[A-Za-z]{2,}")
+
+#: Score columns written beside each segment list (ids and scores, never addresses).
+SEGMENT_LIST_COLUMNS = (
+    "segment",
+    "rfm_segment",
+    "clv",
+    "p_alive",
+    "churn_risk",
+    "purchase_propensity",
+    "engagement_state",
+    "preferred_hour",
+    "top_category",
+)
+
+
+def publish_segments(
+    assignment: pd.DataFrame,
+    scores: pd.DataFrame,
+    out_dir: str | os.PathLike[str],
+    run_id: str,
+    as_of: Any,
+    parameters: Mapping[str, Any] | None = None,
+    inputs_fingerprints: Mapping[str, Any] | None = None,
+) -> Path:
+    """Publish the segment assignment and one list per segment, atomically.
+
+    Writes ``<out_dir>/<run_id>/segments/``: ``assignment.csv`` (customer_id,
+    primary segment, one membership column per rule), ``segment_<slug>.csv``
+    per segment (customer_id and the scores of :data:`SEGMENT_LIST_COLUMNS`
+    present), ``segment_sizes.csv`` and a ``datapackage.json`` descriptor
+    (sha256, rows, schema, run id, parameters, versions). Customer ids only:
+    an email address anywhere aborts the publication. Same guarantees as
+    :func:`publish_plan` (temporary folder, swap, byte-identical reruns).
+
+    Parameters
+    ----------
+    assignment : DataFrame
+        From :meth:`bmkt.segments.RuleSet.assign` (index ``customer_id``).
+    scores : DataFrame
+        The per-customer score table (index ``customer_id``).
+    out_dir, run_id, as_of, parameters, inputs_fingerprints
+        As for :func:`publish_plan`.
+
+    Returns
+    -------
+    Path
+        The published ``segments`` folder.
+    """
+    from bmkt.segments import slugify
+
+    _check_run_id(run_id)
+    if "segment" not in assignment.columns:
+        raise PublishError("segment assignment has no 'segment' column; nothing was published.")
+    target = Path(out_dir) / run_id / SEGMENTS
+    assign = assignment.copy()
+    assign.index.name = "customer_id"
+    assign = assign.sort_index().reset_index()
+    assign["segment"] = assign["segment"].astype(str)
+    extra = [c for c in SEGMENT_LIST_COLUMNS if c in scores.columns and c != "segment"]
+    listed = assign[["customer_id", "segment"]].join(
+        scores[extra].reset_index(drop=False).set_index(scores.index.name or "customer_id"),
+        on="customer_id",
+    )
+
+    def write(tmp: Path) -> None:
+        files: list[tuple[str, str, pd.DataFrame, list[str]]] = [
+            ("assignment", "assignment.csv", assign, ["customer_id"])
+        ]
+        sizes = assign.groupby("segment", sort=True).size().rename("customers").reset_index()
+        files.append(("segment_sizes", "segment_sizes.csv", sizes, ["segment"]))
+        for name in sorted(assign["segment"].unique()):
+            slug = slugify(name)
+            rows = listed[listed["segment"] == name]
+            files.append((f"segment_{slug}", f"segment_{slug}.csv", rows, ["customer_id"]))
+        resources = []
+        for name, path, frame, key in files:
+            frame = frame.reset_index(drop=True)
+            stats = _write_csv(frame, tmp / path)
+            if _ANY_ADDRESS.search((tmp / path).read_text(encoding="utf-8")):
+                raise PublishError(
+                    f"{path}: email addresses in a segment file; nothing was published."
+                )
+            resources.append(_resource(name.lower(), path, frame, stats, key))
+        descriptor = {
+            "profile": "tabular-data-package",
+            "name": "bmkt-segments-" + re.sub(r"[^a-z0-9._-]+", "-", run_id.lower()),
+            "title": f"bmkt segments, run {run_id}",
+            "resources": resources,
+            "run_id": run_id,
+            "as_of": _jsonable(as_of) if not isinstance(as_of, str) else as_of,
+            "parameters": dict(parameters or {}),
+            "inputs": dict(inputs_fingerprints or {}),
+            "row_counts": {r["path"]: r["rows"] for r in resources},
+            "package_versions": package_versions(),
+        }
+        text = json.dumps(
+            descriptor, indent=2, sort_keys=True, ensure_ascii=False, default=_jsonable
+        )
+        _write_bytes(tmp / "datapackage.json", (text + "\n").encode("utf-8"))
+
+    _publish_folder(target, write, f"the segments of run {run_id!r}")
+    log.info(
+        "published %d customers in %d segments to %s",
+        len(assign),
+        assign["segment"].nunique(),
+        target,
+    )
+    return target

@@ -246,3 +246,65 @@ def test_plan_sanity_checks(tmp_path: Path) -> None:
     with pytest.raises(PublishError, match="both held out and sent"):
         publish_plan(overlap, tmp_path, "r", AS_OF)
     assert not (tmp_path / "r" / "send_lists").exists()
+
+
+# --------------------------------------------------------------------------- segments
+
+
+def _segment_inputs() -> tuple[pd.DataFrame, pd.DataFrame]:
+    idx = pd.Index([3, 1, 2, 4], name="customer_id")
+    assignment = pd.DataFrame(
+        {"segment": ["VIP", "Everyone else", "VIP", "=Odd"], "in_vip": [True, False, True, False]},
+        index=idx,
+    )
+    scores = pd.DataFrame(
+        {"clv": [10.0, 0.0, 5.5, 1.0], "p_alive": [0.9, None, 0.5, 0.1], "email_status": "x"},
+        index=idx,
+    )
+    return assignment, scores
+
+
+def test_publish_segments_writes_lists_and_descriptor(tmp_path: Path) -> None:
+    from bmkt.publish import publish_segments
+
+    assignment, scores = _segment_inputs()
+    out = publish_segments(assignment, scores, tmp_path, "run1", "2024-06-30")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "assignment.csv",
+        "datapackage.json",
+        "segment_everyone_else.csv",
+        "segment_odd.csv",
+        "segment_sizes.csv",
+        "segment_vip.csv",
+    ]
+    vip = pd.read_csv(out / "segment_vip.csv")
+    assert vip.customer_id.tolist() == [2, 3] and vip.columns.tolist() == [
+        "customer_id",
+        "segment",
+        "clv",
+        "p_alive",
+    ]
+    assert (out / "segment_odd.csv").read_text().splitlines()[1] == "4,'=Odd,1,0.1"
+    desc = json.loads((out / "datapackage.json").read_text())
+    for res in desc["resources"]:
+        data = (out / res["path"]).read_bytes()
+        assert res["hash"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert desc["row_counts"]["assignment.csv"] == 4
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    publish_segments(assignment, scores, tmp_path, "run1", "2024-06-30")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # byte-identical rerun
+
+
+def test_publish_segments_refuses_addresses_and_keeps_previous(tmp_path: Path) -> None:
+    from bmkt.errors import PublishError
+    from bmkt.publish import publish_segments
+
+    assignment, scores = _segment_inputs()
+    out = publish_segments(assignment, scores, tmp_path, "run1", "2024-06-30")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    leaky = scores.assign(top_category=["a@example.com", "b", "c", "d"])
+    with pytest.raises(PublishError, match="email addresses in a segment file"):
+        publish_segments(assignment, leaky, tmp_path, "run1", "2024-06-30")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in out.parent.iterdir()] == ["segments"]
