@@ -29,10 +29,13 @@ missing (NaN / "Prospect"): a segment rule comparing them is False.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,6 +79,41 @@ class Scores:
     models: dict[str, Any] = field(default_factory=dict)
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     params: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``scores.parquet``, ``triggers.parquet`` and ``scores.json`` (parameters)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.table.to_parquet(folder / "scores.parquet")
+        self.triggers.to_parquet(folder / "triggers.parquet", index=False)
+        params = {**self.params, "models": {k: _describe(m) for k, m in self.models.items()}}
+        (folder / "scores.json").write_text(json.dumps(params, indent=2, default=str))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> Scores:
+        """Read what :meth:`save` wrote (models are not stored, only described)."""
+        folder = Path(folder)
+        path = folder / "scores.parquet"
+        if not path.is_file():
+            raise DataError(f"{path}: no saved scores (run the segment-lists step first).")
+        params = json.loads((folder / "scores.json").read_text())
+        return cls(
+            table=pd.read_parquet(path),
+            triggers=pd.read_parquet(folder / "triggers.parquet"),
+            params=params,
+        )
+
+
+def _describe(model: Any) -> dict[str, Any]:
+    params = getattr(model, "params_", None)
+    out: dict[str, Any] = {"class": type(model).__name__}
+    if isinstance(params, pd.Series):
+        out["params"] = {k: float(v) for k, v in params.items()}
+    metrics = getattr(model, "metrics_", None)
+    if isinstance(metrics, Mapping):
+        out["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+    return out
 
 
 def _customers(store: Store, end: pd.Timestamp) -> pd.DataFrame:
@@ -187,9 +225,9 @@ def score_customers(
     table["n_orders"] = summary["n_orders"].reindex(table.index).fillna(0).astype("int64")
     table["total_revenue"] = summary["total_revenue"].reindex(table.index).fillna(0.0)
     table["frequency"] = summary["frequency"].reindex(table.index)
-    table["recency_days"] = (
-        (end - summary["last_order_at"]).dt.total_seconds() / 86400
-    ).reindex(table.index)
+    table["recency_days"] = ((end - summary["last_order_at"]).dt.total_seconds() / 86400).reindex(
+        table.index
+    )
     table["tenure_days"] = (end - table["created_at"]).dt.total_seconds() / 86400
     table = table.join(value)
     table["rfm_segment"] = table["rfm_segment"].fillna(PROSPECT)
@@ -225,7 +263,9 @@ def score_customers(
 
     step("triggers")
     trig = triggers.detect_triggers(
-        store, as_of, scores=table[[c for c in ("p_alive", "churn_risk") if c in table]],
+        store,
+        as_of,
+        scores=table[[c for c in ("p_alive", "churn_risk") if c in table]],
         config=trigger_config,
     )
     flags = triggers.wide_flags(trig, table.index)

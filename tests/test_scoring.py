@@ -29,7 +29,9 @@ def test_one_row_per_customer_and_no_addresses(store, scores) -> None:
     table = scores.table
     assert table.index.is_unique
     assert set(table.index) == set(store["customers"].customer_id)
-    assert not [c for c in table.columns if "email" in c and c not in ("email_status", "email_consent")]
+    assert not [
+        c for c in table.columns if "email" in c and c not in ("email_status", "email_consent")
+    ]
     assert not table.astype(str).apply(lambda s: s.str.contains("@example.com")).any().any()
 
 
@@ -74,3 +76,41 @@ def test_default_segments_assign_everyone(scores) -> None:
 def test_no_customer_before_as_of(store) -> None:
     with pytest.raises(DataError, match="customers: no customer signed up before"):
         score_customers(store, "2000-01-01", churn=False)
+
+
+def test_save_and_load_round_trip(scores, tmp_path) -> None:
+    from bmkt.scoring import Scores
+
+    scores.save(tmp_path)
+    back = Scores.load(tmp_path)
+    pd.testing.assert_frame_equal(back.table, scores.table)
+    assert len(back.triggers) == len(scores.triggers)
+    assert back.params["models"]["bgnbd"]["class"] == "BetaGeo"
+    with pytest.raises(DataError, match="no saved scores"):
+        Scores.load(tmp_path / "nope")
+
+
+def test_explore_figures_and_summary(scores) -> None:
+    from bmkt import explore
+
+    table = scores.table
+    assignment = RuleSet.default().assign(
+        table.assign(churn_risk=1 - table.p_alive, purchase_propensity=np.nan)
+    )
+    summary = explore.segment_summary(assignment, table)
+    assert summary["customers"].sum() == len(table)
+    assert summary["share"].sum() == pytest.approx(1.0)
+    grid = explore.rfm_grid(table)
+    assert grid["customers"].sum() == int(table.is_buyer.sum())
+    assert grid["revenue"].sum() == pytest.approx(table.loc[table.is_buyer, "total_revenue"].sum())
+    for fig in (
+        explore.plot_rfm_heatmap(table),
+        explore.plot_segment_summary(summary),
+        explore.plot_distributions(table),
+        explore.plot_by_segment(assignment, table.assign(churn_risk=1 - table.p_alive)),
+        explore.plot_engagement_states(table),
+        explore.plot_category_affinity(table),
+    ):
+        assert len(fig.data) >= 1
+    with pytest.raises(DataError, match="needs column"):
+        explore.rfm_grid(table.drop(columns=["r_score"]))
