@@ -10,7 +10,7 @@ DAYS   ?= 540
 SEED   ?= 42
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint bench clean
+.PHONY: help install demo explore test test-fast lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,12 +27,14 @@ install: $(STAMP)  ## create .venv (if missing) and install bmkt with its dev to
 
 demo: $(STAMP)  ## simulate a demo store, load it into data/bmkt.duckdb, run the main job into reports/
 	$(BIN)/bmkt simulate --customers $(CUSTOMERS) --days $(DAYS) --seed $(SEED) --end $(AS_OF) --out data/demo_store
-	$(BIN)/bmkt ingest data/demo_store --db data/bmkt.duckdb
-	$(BIN)/bmkt validate data/bmkt.duckdb --as-of $(AS_OF)
-	$(BIN)/bmkt score --db data/bmkt.duckdb --as-of $(AS_OF) --out reports
+	$(BIN)/bmkt ingest data/demo_store --db data/bmkt.duckdb --as-of $(AS_OF)
+	$(BIN)/bmkt pipeline --as-of $(AS_OF) -p source data/bmkt.duckdb
 
 test: $(STAMP)  ## run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+explore: $(STAMP)  ## open JupyterLab on the notebooks (run `make demo` first)
+	$(BIN)/jupyter lab notebooks/
 
 test-fast: $(STAMP)  ## the suite without notebooks and Spark
 	$(BIN)/python -m pytest -q -m "not notebooks and not spark and not slow"

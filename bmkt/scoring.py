@@ -189,7 +189,8 @@ def score_customers(
         Train churn and purchase-propensity models on the store's own past
         (features at ``as_of - horizon``, labels observed by ``as_of``) and
         score everyone at ``as_of``. Skipped with a warning when the history
-        is too short.
+        is too short. When False (or skipped), ``churn_risk`` and
+        ``purchase_propensity`` are NaN for everyone.
     churn_horizon_days, purchase_horizon_days : int
         Label horizons of the two models.
     sample_size : int, optional
@@ -259,6 +260,9 @@ def score_customers(
             store, as_of, table, churn_horizon_days, purchase_horizon_days
         )
         models.update(fitted)
+    else:  # not scored: the columns exist (NaN) so rules reading them stay valid
+        table["churn_risk"] = np.nan
+        table["purchase_propensity"] = np.nan
     steps.update()
 
     step("triggers")
