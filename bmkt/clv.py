@@ -829,6 +829,10 @@ class BetaGeo(_TransactionModel):
         The summary's period at fit time.
     n_iter_ : int
         L-BFGS-B iterations of the accepted start.
+    optimizer_message_ : str
+        L-BFGS-B's final message.
+    frequency_max_, T_max_ : int, float
+        Largest frequency and T fitted (default plot ranges).
 
     References
     ----------
@@ -1289,6 +1293,9 @@ def clv(
             f"Valid options for 'period' are {', '.join(repr(p) for p in PERIODS_PER_MONTH)}. "
             f"Got {period!r}."
         )
+    got = summary.attrs.get("period") if isinstance(summary, pd.DataFrame) else None
+    if got is not None and got != period:
+        raise ConfigError(f"clv: period={period!r} but the summary has period {got!r}.")
     factor = PERIODS_PER_MONTH[period]
     x, tx, T = transaction_model._arrays(summary, "clv")
     spend = spend_model.expected_spend(summary).to_numpy()
