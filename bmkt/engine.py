@@ -65,6 +65,7 @@ def connect(
         kwargs["read_only"] = read_only
     con = ibis.duckdb.connect(**kwargs)
     con.raw_sql("SET TimeZone='UTC'")
+    con.raw_sql("SET enable_progress_bar=false")  # bmkt shows its own progress
     con.raw_sql(f"SET memory_limit='{memory_limit or config.DUCKDB_MEMORY_LIMIT}'")
     tmp = temp_dir or config.DUCKDB_TEMP_DIR
     if tmp:
