@@ -23,3 +23,7 @@ DEFAULT_DB = Path(os.environ.get("BMKT_DB", DATA_DIR / "bmkt.duckdb"))
 #: Default memory limit and temp folder handed to DuckDB (out-of-core work).
 DUCKDB_MEMORY_LIMIT = os.environ.get("BMKT_DUCKDB_MEMORY_LIMIT", "8GB")
 DUCKDB_TEMP_DIR = os.environ.get("BMKT_DUCKDB_TEMP_DIR")
+
+#: File name of the forgotten-customer suppression list (next to the database):
+#: written by ``bmkt forget``, honoured by every plan and every later ingest.
+SUPPRESSION_FILENAME = "suppression_forgotten.csv"

@@ -31,7 +31,7 @@ import ibis.expr.datatypes as dt
 import pandas as pd
 from ibis.expr.types import Table
 
-from bmkt import engine
+from bmkt import config, engine
 from bmkt.errors import ConfigError, DataError
 from bmkt.schema import CONTRACTS, Column, TableContract
 
@@ -359,6 +359,38 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def _erase_forgotten(con: Any, path: Path, counts: dict[str, int]) -> dict[str, int]:
+    """Delete rows of customers on the forgotten list from freshly loaded tables.
+
+    Right to erasure survives re-ingesting an old export: customers ``bmkt
+    forget`` removed are removed again. Returns rows removed per table (and
+    lowers ``counts`` accordingly).
+    """
+    if not path.is_file():
+        return {}
+    p = path.as_posix().replace("'", "''")
+    ids = (
+        f"SELECT CAST(customer_id AS VARCHAR) FROM read_csv('{p}', header=true, "
+        "all_varchar=true) WHERE customer_id IS NOT NULL"
+    )
+    removed: dict[str, int] = {}
+    if "order_lines" in counts and "orders" in counts:
+        n = con.con.execute(
+            f"DELETE FROM order_lines WHERE order_id IN (SELECT order_id FROM orders "
+            f"WHERE CAST(customer_id AS VARCHAR) IN ({ids}))"
+        ).fetchone()[0]
+        removed["order_lines"] = int(n)
+    for name in ("orders", "web_events", "email_events", "customers"):
+        if name in counts:
+            n = con.con.execute(
+                f'DELETE FROM "{name}" WHERE CAST(customer_id AS VARCHAR) IN ({ids})'
+            ).fetchone()[0]
+            removed[name] = int(n)
+    for name, n in removed.items():
+        counts[name] -= n
+    return {k: v for k, v in removed.items() if v}
+
+
 def ingest(
     source: str | os.PathLike[str] | Mapping[str, pd.DataFrame],
     db_path: str | os.PathLike[str],
@@ -371,7 +403,9 @@ def ingest(
     Idempotent: every table is replaced (``CREATE OR REPLACE``), so running it
     twice leaves the same data, not doubled rows. Tables absent from the source
     are left as they are in the database. The load runs in one transaction:
-    when it fails, the database keeps its previous contents.
+    when it fails, the database keeps its previous contents. Customers on the
+    forgotten list next to the database (``bmkt forget``) are left out again,
+    and how many rows that removed is logged.
 
     Parameters
     ----------
@@ -408,6 +442,7 @@ def ingest(
                 expr = store.table(name)
                 con.raw_sql(f'CREATE OR REPLACE TABLE "{name}" AS {con.compile(expr)}')
                 counts[name] = int(con.table(name).count().execute())
+            erased = _erase_forgotten(con, db_path.parent / config.SUPPRESSION_FILENAME, counts)
             meta = pd.DataFrame(
                 {
                     "table_name": list(counts),
@@ -430,6 +465,12 @@ def ingest(
         except BaseException:
             con.raw_sql("ROLLBACK")
             raise
+        if erased:
+            log.warning(
+                "left out customers forgotten earlier (%s): %s",
+                config.SUPPRESSION_FILENAME,
+                json.dumps(erased),
+            )
         log.info("ingested %s into %s: %s", store.source, db_path, json.dumps(counts))
         return counts
     finally:

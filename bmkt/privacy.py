@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: File name of the forgotten-customer suppression list (next to the database).
-SUPPRESSION_FILENAME = "suppression_forgotten.csv"
+SUPPRESSION_FILENAME = config.SUPPRESSION_FILENAME
 
 #: Tables cleared by :func:`forget`, children before parents.
 _CONTRACT_TABLES = ("order_lines", "orders", "web_events", "email_events", "customers")

@@ -175,3 +175,21 @@ def test_read_suppression_formats(tmp_path: Path) -> None:
     csv = tmp_path / "ids.csv"
     csv.write_text("customer_id,forgotten_at\nA-1,2024-01-01\nB-2,2024-01-02\n")
     assert read_suppression(csv) == ["A-1", "B-2"]
+
+
+def test_reingest_does_not_bring_forgotten_customers_back(tmp_path) -> None:
+    from bmkt.io import ingest
+    from bmkt.privacy import forget
+    from tests.test_validate import make_store
+
+    db = tmp_path / "bmkt.duckdb"
+    ingest(make_store(), db)
+    forget(db, [1])
+    counts = ingest(make_store(), db)  # the old export still holds customer 1
+    assert counts["customers"] == 2 and counts["orders"] == 1 and counts["email_events"] == 1
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert (
+            con.execute("select count(*) from customers where customer_id = 1").fetchone()[0] == 0
+        )
