@@ -224,6 +224,31 @@ def _resource(
     }
 
 
+def _descriptor(
+    kind: str,
+    run_id: str,
+    resources: list[dict[str, Any]],
+    as_of: Any,
+    parameters: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """A Frictionless tabular data package descriptor plus bmkt's run fields."""
+    return {
+        "profile": "tabular-data-package",
+        "name": f"bmkt-{kind}-" + re.sub(r"[^a-z0-9._-]+", "-", run_id.lower()),
+        "title": f"bmkt {kind.replace('-', ' ')}, run {run_id}",
+        "resources": resources,
+        "run_id": run_id,
+        "as_of": _jsonable(as_of) if not isinstance(as_of, str) else as_of,
+        "parameters": dict(parameters),
+        "inputs": dict(inputs),
+        "row_counts": {r["path"]: r["rows"] for r in resources},
+        **extra,
+        "package_versions": package_versions(),
+    }
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, pd.Timestamp):
         return v.isoformat()
@@ -444,20 +469,16 @@ def _write_all(
                 )
         resources.append(_resource(name.lower(), path, frame, stats, key))
 
-    descriptor = {
-        "profile": "tabular-data-package",
-        "name": "bmkt-send-lists-" + re.sub(r"[^a-z0-9._-]+", "-", run_id.lower()),
-        "title": f"bmkt send lists, run {run_id}",
-        "resources": resources,
-        "run_id": run_id,
-        "as_of": _jsonable(as_of) if not isinstance(as_of, str) else as_of,
-        "parameters": dict(parameters),
-        "plan_parameters": plan.params,
-        "inputs": dict(inputs),
-        "row_counts": {r["path"]: r["rows"] for r in resources},
-        "exclusions_by_reason": plan.exclusions.by_reason(),
-        "package_versions": package_versions(),
-    }
+    descriptor = _descriptor(
+        "send-lists",
+        run_id,
+        resources,
+        as_of,
+        parameters,
+        inputs,
+        plan_parameters=plan.params,
+        exclusions_by_reason=plan.exclusions.by_reason(),
+    )
     text = json.dumps(descriptor, indent=2, sort_keys=True, ensure_ascii=False, default=_jsonable)
     leaked = find_emails(text, emails)
     if leaked:
@@ -555,18 +576,9 @@ def publish_segments(
                     f"{path}: email addresses in a segment file; nothing was published."
                 )
             resources.append(_resource(name.lower(), path, frame, stats, key))
-        descriptor = {
-            "profile": "tabular-data-package",
-            "name": "bmkt-segments-" + re.sub(r"[^a-z0-9._-]+", "-", run_id.lower()),
-            "title": f"bmkt segments, run {run_id}",
-            "resources": resources,
-            "run_id": run_id,
-            "as_of": _jsonable(as_of) if not isinstance(as_of, str) else as_of,
-            "parameters": dict(parameters or {}),
-            "inputs": dict(inputs_fingerprints or {}),
-            "row_counts": {r["path"]: r["rows"] for r in resources},
-            "package_versions": package_versions(),
-        }
+        descriptor = _descriptor(
+            "segments", run_id, resources, as_of, parameters or {}, inputs_fingerprints or {}
+        )
         text = json.dumps(
             descriptor, indent=2, sort_keys=True, ensure_ascii=False, default=_jsonable
         )
