@@ -1,0 +1,777 @@
+"""Per-customer behavioural features at a cutoff, computed in the engine without leakage.
+
+:func:`build_features` turns a store into one row per customer (signed up
+before the cutoff) of numeric features for the supervised models of
+:mod:`bmkt.churn`, :mod:`bmkt.propensity` and :mod:`bmkt.uplift`.
+:func:`build_features_at` does the same for many ``(customer, cutoff)``
+points in one query (every past campaign's audience at its own send time,
+for uplift models). Every feature is listed with its meaning and its fill
+in :data:`FEATURES`.
+
+Cutoff semantics
+----------------
+Only events **strictly before the cutoff** count. :func:`build_features`
+takes a run date and applies :func:`bmkt.schema.parse_as_of`: ``"2024-06-30"``
+means through the end of that day, so the cutoff (exclusive end) is
+``2024-07-01 00:00``. :func:`build_features_at` takes the exclusive ends
+themselves (a campaign's ``sent_at``: its own 'sent' and 'holdout' events are
+*not* before it). Time windows ("last 30 days") are ``[cutoff - 30 days,
+cutoff)``; ages are fractional days from the event to the cutoff.
+
+Leakage
+-------
+Nothing at or after the cutoff may change a feature (tested by planting
+future events). Two features need care:
+
+* an *abandoned cart* is an add-to-cart with no purchase in the next 24 h;
+  only carts added at least one day before the cutoff are judged, so the
+  verdict never depends on what happens after the cutoff;
+* a campaign *followed by an order* (``email_order_rate``,
+  ``unmailed_order_rate``) likewise needs its whole
+  :data:`RESPONSE_WINDOW_DAYS` window before the cutoff.
+
+Machine opens
+-------------
+Opens are labelled by :func:`bmkt.engagement.flag_machine_opens` (the ESP
+flag, proxy user agents, then the per-customer timing pattern of a privacy
+proxy). The first two rules look at one event only; the timing rule depends
+on the customer's history, so the *proxy user* verdict is re-evaluated at
+every cutoff from the emails delivered before it, exactly as
+:func:`bmkt.engagement.engagement_scores` would at that ``as_of`` (the counts
+``n_delivered``, ``n_human_opens``, ``n_clicks`` and ``is_proxy_user`` match
+it; tested). Machine opens never count as engagement.
+
+Missing values
+--------------
+Counts are 0 when nothing happened (a customer without any email event has
+``n_delivered == 0`` and zero opens and clicks). *Days since* an event that
+never happened, and ratios with an empty denominator, are **NaN** -- never a
+sentinel: "never" is not "long ago", and
+:class:`~sklearn.ensemble.HistGradientBoostingClassifier` (the default model)
+learns where missing values go at every split. :data:`NULLABLE_FEATURES`
+lists exactly the columns that may hold NaN; every other column is complete.
+The user-facing ``customers.email_status`` is *not* a feature: it is the
+status at the end of the data, not at the cutoff (unsubscribes before the
+cutoff are in ``email_opted_out``).
+
+Examples
+--------
+>>> from bmkt.simulate import simulate_store
+>>> X = build_features(simulate_store(n_customers=300, days=120, seed=1), "2024-06-30")
+>>> list(X.columns) == list(FEATURES)
+True
+>>> bool(X.drop(columns=list(NULLABLE_FEATURES)).notna().all().all())
+True
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import ibis
+import ibis.expr.datatypes as dt
+import pandas as pd
+from ibis.expr.types import Table
+
+from bmkt import engine
+from bmkt.engagement import flag_machine_opens
+from bmkt.errors import ConfigError, DataError, data_problem
+from bmkt.io import Store, open_store
+from bmkt.schema import parse_as_of
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FEATURES",
+    "NULLABLE_FEATURES",
+    "RESPONSE_WINDOW_DAYS",
+    "SESSION_GAP_MINUTES",
+    "build_features",
+    "build_features_at",
+    "build_features_before",
+    "as_of_for_end",
+    "cutoff_end",
+]
+
+#: An email counts as "followed by an order" when a purchase comes within this many days.
+RESPONSE_WINDOW_DAYS = 5.0
+#: Web events more than this many minutes apart belong to different sessions.
+SESSION_GAP_MINUTES = 30.0
+#: An add-to-cart without a purchase within this many hours is abandoned.
+ABANDON_HOURS = 24.0
+
+#: Every feature, in column order: name -> meaning (and fill where nothing happened).
+#: A *purchase* is an order with revenue >= 0 (refunds are negative orders).
+FEATURES: dict[str, str] = {
+    # -- tenure and RFM
+    "tenure_days": "Days from signup (customers.created_at) to the cutoff.",
+    "n_orders": "Purchases before the cutoff. 0 for never-buyers.",
+    "frequency": (
+        "Repeat purchase days: distinct UTC calendar days with a purchase, minus one "
+        "(the BG/NBD 'frequency'). 0 for one-time and never-buyers (tell them apart by n_orders)."
+    ),
+    "recency_days": "Days since the last purchase. NaN for never-buyers.",
+    "T_days": "Days since the first purchase (the BG/NBD 'T', in days). NaN for never-buyers.",
+    "purchase_span_days": (
+        "Days from the first to the last purchase (the BG/NBD 'recency'). NaN for never-buyers."
+    ),
+    "mean_gap_days": "purchase_span_days / frequency. NaN when frequency == 0.",
+    "recency_gap_ratio": (
+        "recency_days / mean_gap_days: how many usual gaps the current silence lasts. "
+        "NaN when frequency == 0."
+    ),
+    "monetary": "Mean revenue of a purchase. NaN for never-buyers.",
+    "total_revenue": "Net revenue of all orders, refunds included. 0 without orders.",
+    "orders_last_90d": "Purchases in the 90 days before the cutoff. 0 when none.",
+    "orders_prev_90d": "Purchases 180 to 90 days before the cutoff. 0 when none.",
+    "order_trend_90d": "orders_last_90d - orders_prev_90d.",
+    "revenue_last_90d": "Net revenue (refunds included) of the last 90 days. 0 when none.",
+    "revenue_prev_90d": "Net revenue (refunds included) 180 to 90 days before. 0 when none.",
+    "revenue_trend_90d": "revenue_last_90d - revenue_prev_90d.",
+    "discount_share": (
+        "Share of purchases with a discount (orders.discount > 0) among purchases whose "
+        "discount is known. NaN when no purchase has a known discount."
+    ),
+    "n_categories_bought": "Distinct product categories among purchased order lines. 0 when none.",
+    "n_categories_viewed": "Distinct categories of product views. 0 when none.",
+    # -- email (machine opens excluded everywhere except n_machine_opens)
+    "n_delivered": "Distinct emails delivered before the cutoff. 0 without email events.",
+    "delivered_30d": "Emails delivered in the last 30 days. 0 when none.",
+    "delivered_90d": "Emails delivered in the last 90 days. 0 when none.",
+    "n_human_opens": "Human open events (machine opens excluded). 0 when none.",
+    "human_opens_30d": "Human open events in the last 30 days. 0 when none.",
+    "human_opens_90d": "Human open events in the last 90 days. 0 when none.",
+    "n_machine_opens": "Opens labelled as made by a machine (privacy proxy, scanner). 0 when none.",
+    "n_clicks": "Email click events. 0 when none.",
+    "clicks_30d": "Click events in the last 30 days. 0 when none.",
+    "clicks_90d": "Click events in the last 90 days. 0 when none.",
+    "human_open_rate": (
+        "Distinct emails with a human open / n_delivered. NaN when n_delivered == 0 "
+        "(no email, no evidence). Understated behind a privacy proxy (see is_proxy_user)."
+    ),
+    "click_rate": "Distinct emails clicked / n_delivered. NaN when n_delivered == 0.",
+    "days_since_human_open": "Days since the last human open. NaN when never.",
+    "days_since_click": "Days since the last click. NaN when never.",
+    "is_proxy_user": (
+        "1 when the customer's opens show the privacy-proxy timing pattern at the cutoff "
+        "(bmkt.engagement), else 0."
+    ),
+    "email_opted_out": "1 after an 'unsubscribe' or 'complaint' event before the cutoff, else 0.",
+    "email_order_rate": (
+        f"Share of the campaigns delivered to the customer that were followed by a purchase "
+        f"within {RESPONSE_WINDOW_DAYS:g} days of the campaign's sent_at (campaigns sent after "
+        f"signup and at least {RESPONSE_WINDOW_DAYS:g} days before the cutoff). NaN when none."
+    ),
+    "unmailed_order_rate": (
+        "The same share over the campaigns of that period *not* delivered to the customer "
+        "(not in the audience, held out, bounced, or unsubscribed): the customer's usual "
+        "purchase rate around campaigns. NaN when none."
+    ),
+    "email_lift_history": (
+        "email_order_rate - unmailed_order_rate: the customer's own history of buying more "
+        "when mailed. NaN when either is NaN."
+    ),
+    # -- web
+    "page_views_30d": "page_view events in the last 30 days. 0 when none.",
+    "product_views_30d": "product_view events in the last 30 days. 0 when none.",
+    "searches_30d": "search events in the last 30 days. 0 when none.",
+    "cart_adds_30d": "add_to_cart events in the last 30 days. 0 when none.",
+    "abandoned_carts_30d": (
+        f"add_to_cart events made 30 to 1 days before the cutoff with no purchase in the "
+        f"next {ABANDON_HOURS:g} hours (younger carts are not judged yet). 0 when none."
+    ),
+    "sessions_30d": (
+        f"Web sessions started in the last 30 days (a gap over {SESSION_GAP_MINUTES:g} minutes "
+        "starts a new session). 0 when none."
+    ),
+    "sessions_90d": "Web sessions started in the last 90 days. 0 when none.",
+    "n_sessions": "Web sessions before the cutoff. 0 when none.",
+    "days_since_last_visit": "Days since the last web event. NaN when never.",
+}
+
+#: The features that may be NaN (see "Missing values" in the module docstring).
+NULLABLE_FEATURES: tuple[str, ...] = (
+    "recency_days",
+    "T_days",
+    "purchase_span_days",
+    "mean_gap_days",
+    "recency_gap_ratio",
+    "monetary",
+    "discount_share",
+    "human_open_rate",
+    "click_rate",
+    "days_since_human_open",
+    "days_since_click",
+    "email_order_rate",
+    "unmailed_order_rate",
+    "email_lift_history",
+    "days_since_last_visit",
+)
+
+_KEYS = ["customer_id", "cutoff"]
+_US_PER_DAY = 86_400e6
+
+
+@ibis.udf.scalar.builtin(name="epoch_us")
+def _epoch_us(ts: dt.Timestamp()) -> dt.int64:  # type: ignore[valid-type]
+    """Microseconds since the epoch (DuckDB's ``epoch_us``)."""
+
+
+def _days(later: ibis.Value, earlier: ibis.Value) -> ibis.Value:
+    """Fractional days from ``earlier`` to ``later``."""
+    return (_epoch_us(later) - _epoch_us(earlier)).cast(dt.float64) / _US_PER_DAY
+
+
+def _count(cond: ibis.Value) -> ibis.Value:
+    return cond.fill_null(False).cast(dt.int64).sum()
+
+
+def cutoff_end(cutoff: object) -> pd.Timestamp:
+    """The exclusive end of the data window of a run date (:func:`bmkt.schema.parse_as_of`).
+
+    Examples
+    --------
+    >>> cutoff_end("2024-06-30")
+    Timestamp('2024-07-01 00:00:00')
+    """
+    if cutoff is None:
+        raise ConfigError("cutoff: a date is required (e.g. '2024-06-30'). Got None.")
+    return parse_as_of(cutoff)
+
+
+def as_of_for_end(end: pd.Timestamp) -> str:
+    """A run date whose window (:func:`bmkt.schema.parse_as_of`) ends exactly at ``end``.
+
+    For functions that take an ``as_of`` (engagement, RFM) when the caller
+    holds an exclusive end.
+
+    Examples
+    --------
+    >>> from bmkt.schema import parse_as_of
+    >>> parse_as_of(as_of_for_end(pd.Timestamp("2024-07-01")))
+    Timestamp('2024-07-01 00:00:00')
+    """
+    return (end - pd.Timedelta(microseconds=1)).isoformat()
+
+
+def _machine_settings(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Parameters of :func:`~bmkt.engagement.flag_machine_opens`, defaults filled in."""
+    sig = inspect.signature(flag_machine_opens).parameters
+    names = [n for n in sig if n not in ("store", "as_of", "as_frame")]
+    merged = {n: sig[n].default for n in names}
+    for key, value in (params or {}).items():
+        if key not in merged:
+            raise ConfigError(
+                f"Valid options for 'machine_open_params' are {sorted(merged)}. Got {key!r}."
+            )
+        merged[key] = value
+    return merged
+
+
+# --------------------------------------------------------------------------- engine query
+
+
+def _feature_query(store: Store, points: Table, max_end: pd.Timestamp, machine: dict) -> Table:
+    """The lazy Ibis expression of every feature for each ``(customer_id, cutoff)`` point."""
+    cust = store.table("customers").select("customer_id", "created_at")
+    P = points.inner_join(cust, "customer_id")
+    P = P.select(P.customer_id, P.cutoff, P.created_at).filter(P.created_at < P.cutoff)
+
+    # ---- orders
+    orders = store.table("orders")
+    o = P.select(*_KEYS).inner_join(orders, "customer_id")
+    o = o.filter(o.ordered_at < o.cutoff)
+    age = _days(o.cutoff, o.ordered_at)
+    buy = o.revenue >= 0
+    last90 = age < 90
+    prev90 = (age >= 90) & (age < 180)
+    order_agg = o.group_by(_KEYS).aggregate(
+        n_orders=_count(buy),
+        n_purchase_days=o.ordered_at.date().nunique(where=buy),
+        recency_days=age.min(where=buy),
+        T_days=age.max(where=buy),
+        purchase_revenue=o.revenue.sum(where=buy),
+        total_revenue=o.revenue.sum(),
+        orders_last_90d=_count(buy & last90),
+        orders_prev_90d=_count(buy & prev90),
+        revenue_last_90d=o.revenue.sum(where=last90),
+        revenue_prev_90d=o.revenue.sum(where=prev90),
+        n_discount_known=_count(buy & o.discount.notnull()),
+        n_discounted=_count(buy & (o.discount > 0)),
+    )
+
+    purchases = orders.filter(orders.revenue >= 0).select(
+        "customer_id", "order_id", purchased_at=orders.ordered_at
+    )
+    lines = store.table("order_lines")
+    lines = lines.filter(lines.category.notnull())
+    pl = lines.inner_join(purchases, "order_id").select(
+        "customer_id", "purchased_at", lines.category
+    )
+    pl = P.select(*_KEYS).inner_join(pl, "customer_id")
+    pl = pl.filter(pl.purchased_at < pl.cutoff)
+    bought_agg = pl.group_by(_KEYS).aggregate(n_categories_bought=pl.category.nunique())
+
+    # ---- web
+    web = store.table("web_events")
+    prev_at = web.occurred_at.lag().over(
+        group_by=web.customer_id, order_by=web.occurred_at
+    )  # the previous event (never a later one): sessions are leak-free
+    web = web.mutate(
+        new_session=prev_at.isnull()
+        | (_days(web.occurred_at, prev_at) * 1440.0 > SESSION_GAP_MINUTES)
+    )
+    w = P.select(*_KEYS).inner_join(web, "customer_id")
+    w = w.filter(w.occurred_at < w.cutoff)
+    wage = _days(w.cutoff, w.occurred_at)
+    w30 = wage < 30
+    et = w.event_type
+    web_agg = w.group_by(_KEYS).aggregate(
+        page_views_30d=_count((et == "page_view") & w30),
+        product_views_30d=_count((et == "product_view") & w30),
+        searches_30d=_count((et == "search") & w30),
+        cart_adds_30d=_count((et == "add_to_cart") & w30),
+        sessions_30d=_count(w.new_session & w30),
+        sessions_90d=_count(w.new_session & (wage < 90)),
+        n_sessions=_count(w.new_session),
+        days_since_last_visit=wage.min(),
+        n_categories_viewed=w.category.nunique(where=(et == "product_view")),
+    )
+    carts = web.filter(web.event_type == "add_to_cart").select("customer_id", "occurred_at")
+    carts = carts.asof_join(
+        purchases, on=carts.occurred_at <= purchases.purchased_at, predicates="customer_id"
+    ).select("customer_id", "occurred_at", next_purchase_at="purchased_at")
+    c = P.select(*_KEYS).inner_join(carts, "customer_id")
+    cage = _days(c.cutoff, c.occurred_at)
+    c = c.filter((cage >= ABANDON_HOURS / 24.0) & (cage < 30))
+    wait = _days(c.next_purchase_at, c.occurred_at)
+    cart_agg = c.group_by(_KEYS).aggregate(
+        abandoned_carts_30d=_count(wait.isnull() | (wait >= ABANDON_HOURS / 24.0))
+    )
+
+    # ---- email: one row per delivered email, with the machine-open evidence
+    ev = store.table("email_events")
+    ev = ev.filter(ev.occurred_at < max_end)
+    ekeys = ["customer_id", "campaign_id"]
+    emails = (
+        ev.filter(ev.event_type == "delivered")
+        .group_by(ekeys)
+        .aggregate(delivered_at=ev.occurred_at.min())
+    )
+    labelled = flag_machine_opens(store, as_of_for_end(max_end), **machine)
+    cand = labelled.filter(labelled.is_fast & labelled.machine_open.fill_null(True))
+    cand = cand.inner_join(emails, ekeys)  # a fast open needs a delivery (as in engagement)
+    fast = cand.group_by(ekeys).aggregate(first_fast_at=cand.occurred_at.min())
+    clicks = ev.filter(ev.event_type == "click").select(*ekeys, click_at=ev.occurred_at)
+    fc = fast.inner_join(clicks, ekeys)
+    gap = _days(fc.click_at, fc.first_fast_at) * 86_400.0
+    fc = fc.filter((gap >= 0) & (gap <= float(machine["click_window_seconds"])))
+    fast_click = fc.group_by(ekeys).aggregate(fast_click_at=fc.click_at.min())
+    em = emails.left_join(fast, ekeys).select(emails, fast.first_fast_at)
+    em = em.left_join(fast_click, ekeys).select(em, fast_click.fast_click_at)
+
+    e = P.select(*_KEYS).inner_join(em, "customer_id")
+    e = e.filter(e.delivered_at < e.cutoff)
+    eage = _days(e.cutoff, e.delivered_at)
+    email_agg = e.group_by(_KEYS).aggregate(
+        n_delivered=e.count(),
+        delivered_30d=_count(eage < 30),
+        delivered_90d=_count(eage < 90),
+        n_fast_open_emails=_count(e.first_fast_at < e.cutoff),
+        n_fast_clicked=_count(e.fast_click_at < e.cutoff),
+    )
+    share = email_agg.n_fast_open_emails.cast(dt.float64) / email_agg.n_delivered
+    email_agg = email_agg.mutate(
+        is_proxy_user=(
+            (email_agg.n_delivered >= int(machine["min_delivered"]))
+            & (share >= float(machine["min_share"]))
+            & (
+                email_agg.n_fast_clicked.cast(dt.float64)
+                <= float(machine["max_fast_click_share"]) * email_agg.n_fast_open_emails
+            )
+        )
+    )
+
+    # ---- campaign responses: was a campaign followed by a purchase, mailed or not?
+    # Campaigns count when sent after signup and RESPONSE_WINDOW_DAYS before the cutoff.
+    # No customers x campaigns product: campaigns are counted from a running total,
+    # responses from purchases joined to the campaigns of the preceding window.
+    camps = store.table("campaigns").select("campaign_id", "sent_at")
+    per_time = camps.group_by("sent_at").aggregate(n=camps.count())
+    running = per_time.mutate(
+        n_before=per_time.n.sum().over(ibis.window(order_by=per_time.sent_at, rows=(None, 0)))
+    ).select("sent_at", "n_before")  # campaigns sent at or before sent_at
+    win = ibis.interval(seconds=int(RESPONSE_WINDOW_DAYS * 86_400))
+    pc = P.mutate(last_send=P.cutoff - win)
+    a1 = pc.asof_join(running, on=pc.last_send > running.sent_at).select(
+        *_KEYS, "created_at", "last_send", n_until_last=running.n_before
+    )
+    r2 = running.view().rename(sent_at2="sent_at", n_before2="n_before")
+    a2 = a1.asof_join(r2, on=a1.created_at > r2.sent_at2).select(
+        *_KEYS, "created_at", "n_until_last", n_until_signup=r2.n_before2
+    )
+    camp_agg = a2.select(
+        *_KEYS,
+        n_campaigns_eligible=a2.n_until_last.fill_null(0) - a2.n_until_signup.fill_null(0),
+    )
+    camp_agg = camp_agg.mutate(n_campaigns_eligible=ibis.greatest(camp_agg.n_campaigns_eligible, 0))
+    mailed = emails.inner_join(camps, "campaign_id").select(
+        "customer_id", "campaign_id", "sent_at", "delivered_at"
+    )
+    resp = purchases.inner_join(
+        camps,
+        [
+            purchases.purchased_at >= camps.sent_at,
+            purchases.purchased_at < camps.sent_at + win,
+        ],
+    ).select(purchases.customer_id, camps.campaign_id, camps.sent_at)
+    resp = resp.distinct()
+    resp = resp.left_join(mailed, ["customer_id", "campaign_id"]).select(
+        resp.customer_id, resp.sent_at, mailed_at=mailed.delivered_at
+    )
+    r = P.inner_join(resp, "customer_id")
+    r = r.filter((r.sent_at >= r.created_at) & (r.sent_at < r.cutoff - win))
+    resp_agg = r.group_by(_KEYS).aggregate(
+        n_responded=r.count(),
+        n_mailed_responded=_count(r.mailed_at < r.cutoff),
+    )
+    m = P.inner_join(mailed, "customer_id")
+    m = m.filter(
+        (m.sent_at >= m.created_at) & (m.sent_at < m.cutoff - win) & (m.delivered_at < m.cutoff)
+    )
+    mailed_agg = m.group_by(_KEYS).aggregate(n_mailed_eligible=m.count())
+
+    # opens: the per-event rules (flag, user agent) hold at any cutoff; the timing
+    # rule uses the proxy verdict at the point's cutoff
+    op = P.select(*_KEYS).inner_join(
+        labelled.select(*ekeys, "occurred_at", "is_fast", "rule", "is_machine"), "customer_id"
+    )
+    op = op.filter(op.occurred_at < op.cutoff)
+    proxy = email_agg.select(*_KEYS, proxy=email_agg.is_proxy_user)
+    op = op.left_join(proxy, _KEYS).select(op, proxy=proxy.proxy.fill_null(False))
+    machine_pt = ibis.cases(
+        (op.rule.isin(["flag", "user_agent"]), op.is_machine),
+        else_=op.proxy & op.is_fast,
+    )
+    human = ~machine_pt
+    oage = _days(op.cutoff, op.occurred_at)
+    open_agg = op.group_by(_KEYS).aggregate(
+        n_human_opens=_count(human),
+        human_opens_30d=_count(human & (oage < 30)),
+        human_opens_90d=_count(human & (oage < 90)),
+        n_machine_opens=_count(machine_pt),
+        n_opened_emails=op.campaign_id.nunique(where=human),
+        days_since_human_open=oage.min(where=human),
+    )
+
+    act = ev.filter(ev.event_type.isin(["click", "unsubscribe", "complaint"]))
+    a = P.select(*_KEYS).inner_join(act, "customer_id")
+    a = a.filter(a.occurred_at < a.cutoff)
+    aage = _days(a.cutoff, a.occurred_at)
+    is_click = a.event_type == "click"
+    click_agg = a.group_by(_KEYS).aggregate(
+        n_clicks=_count(is_click),
+        clicks_30d=_count(is_click & (aage < 30)),
+        clicks_90d=_count(is_click & (aage < 90)),
+        n_clicked_emails=a.campaign_id.nunique(where=is_click),
+        days_since_click=aage.min(where=is_click),
+        email_opted_out=_count(~is_click) > 0,
+    )
+
+    # ---- one row per point; counts filled in the engine (nothing happened = 0)
+    out = P.mutate(tenure_days=_days(P.cutoff, P.created_at)).drop("created_at")
+    aggs = (order_agg, bought_agg, web_agg, cart_agg, email_agg, open_agg, click_agg,
+            camp_agg, resp_agg, mailed_agg)  # fmt: skip
+    for agg in aggs:
+        cols = [c for c in agg.columns if c not in _KEYS]
+        out = out.left_join(agg, _KEYS).select(out, *[agg[c] for c in cols])
+    schema = out.schema()
+    return out.select(
+        *_KEYS,
+        **{
+            c: out[c] if c in _NULL_AGGS else out[c].fill_null(_zero(t))
+            for c, t in schema.items()
+            if c not in _KEYS
+        },
+    )
+
+
+def _zero(t: dt.DataType) -> Any:
+    """Fill of an aggregate over no rows: 0 for counts and sums, False for flags."""
+    if t.is_boolean():
+        return False
+    return 0.0 if t.is_floating() else 0
+
+
+#: Aggregates whose null means "never" and stays null (NaN in pandas).
+_NULL_AGGS = frozenset(
+    {
+        "recency_days",
+        "T_days",
+        "days_since_last_visit",
+        "days_since_human_open",
+        "days_since_click",
+    }
+)
+
+
+# --------------------------------------------------------------------------- pandas edge
+
+
+def _finish(raw: pd.DataFrame) -> pd.DataFrame:
+    """Derived ratios, fills and dtypes of the per-point rows (see :data:`FEATURES`)."""
+    df = raw.copy()
+    counts = [
+        "n_orders",
+        "n_purchase_days",
+        "orders_last_90d",
+        "orders_prev_90d",
+        "n_discount_known",
+        "n_discounted",
+        "n_categories_bought",
+        "n_categories_viewed",
+        "page_views_30d",
+        "product_views_30d",
+        "searches_30d",
+        "cart_adds_30d",
+        "abandoned_carts_30d",
+        "sessions_30d",
+        "sessions_90d",
+        "n_sessions",
+        "n_delivered",
+        "delivered_30d",
+        "delivered_90d",
+        "n_campaigns_eligible",
+        "n_mailed_eligible",
+        "n_responded",
+        "n_mailed_responded",
+        "n_human_opens",
+        "human_opens_30d",
+        "human_opens_90d",
+        "n_machine_opens",
+        "n_opened_emails",
+        "n_clicks",
+        "clicks_30d",
+        "clicks_90d",
+        "n_clicked_emails",
+    ]
+    for col in counts:
+        df[col] = df[col].fillna(0).astype("int64")
+    for col in ("total_revenue", "revenue_last_90d", "revenue_prev_90d", "purchase_revenue"):
+        df[col] = df[col].astype("float64").fillna(0.0)
+    for col in ("is_proxy_user", "email_opted_out"):
+        df[col] = df[col].fillna(False).astype("int64")
+
+    def nan_ratio(num: pd.Series, den: pd.Series) -> pd.Series:
+        den = den.astype("float64")
+        return (num.astype("float64") / den.where(den > 0)).astype("float64")
+
+    df["frequency"] = (df["n_purchase_days"] - 1).clip(lower=0)
+    for col in _NULL_AGGS:
+        df[col] = df[col].astype("float64")
+    df["purchase_span_days"] = df["T_days"] - df["recency_days"]
+    df["mean_gap_days"] = nan_ratio(df["purchase_span_days"], df["frequency"])
+    df["recency_gap_ratio"] = nan_ratio(df["recency_days"], df["mean_gap_days"])
+    df["monetary"] = nan_ratio(df["purchase_revenue"], df["n_orders"])
+    df["order_trend_90d"] = df["orders_last_90d"] - df["orders_prev_90d"]
+    df["revenue_trend_90d"] = df["revenue_last_90d"] - df["revenue_prev_90d"]
+    df["discount_share"] = nan_ratio(df["n_discounted"], df["n_discount_known"])
+    df["human_open_rate"] = nan_ratio(df["n_opened_emails"], df["n_delivered"])
+    df["click_rate"] = nan_ratio(df["n_clicked_emails"], df["n_delivered"])
+    df["email_order_rate"] = nan_ratio(df["n_mailed_responded"], df["n_mailed_eligible"])
+    df["unmailed_order_rate"] = nan_ratio(
+        df["n_responded"] - df["n_mailed_responded"],
+        df["n_campaigns_eligible"] - df["n_mailed_eligible"],
+    )
+    df["email_lift_history"] = df["email_order_rate"] - df["unmailed_order_rate"]
+    df["tenure_days"] = df["tenure_days"].astype("float64")
+    df["customer_id"] = df["customer_id"].astype("int64")
+    df["cutoff"] = pd.to_datetime(df["cutoff"]).astype("datetime64[ns]")
+    return df[["customer_id", "cutoff", *FEATURES]]
+
+
+def _run(store: Store, pts: Table, max_end: pd.Timestamp, machine: dict) -> pd.DataFrame:
+    """Execute the feature query for the points ``pts`` and finish the frame in pandas."""
+    started = time.perf_counter()
+    pts = pts.select(
+        customer_id=pts.customer_id.cast(dt.int64), cutoff=pts.cutoff.cast(dt.Timestamp())
+    )
+    # through Arrow: per-point rows, numeric columns (faster than the generic conversion)
+    raw = _feature_query(store, pts, max_end, machine).to_pyarrow().to_pandas()
+    out = _finish(raw).sort_values(["cutoff", "customer_id"], kind="stable")
+    out = out.reset_index(drop=True)
+    log.info(
+        "features for %d points (%d cutoffs) in %.2fs",
+        len(out),
+        out["cutoff"].nunique(),
+        time.perf_counter() - started,
+    )
+    return out
+
+
+def _points_frame(points: pd.DataFrame) -> pd.DataFrame:
+    if not isinstance(points, pd.DataFrame):
+        raise ConfigError(f"points: expected a pandas DataFrame, got {type(points).__name__}.")
+    missing = [c for c in ("customer_id", "cutoff") if c not in points.columns]
+    if missing:
+        raise data_problem(
+            "points", missing[0], len(points), "lack required column(s) "
+            f"{missing}; columns present", [str(c) for c in points.columns]
+        )  # fmt: skip
+    cutoff = pd.to_datetime(points["cutoff"])
+    if isinstance(cutoff.dtype, pd.DatetimeTZDtype):
+        cutoff = cutoff.dt.tz_convert("UTC").dt.tz_localize(None)
+    frame = pd.DataFrame(
+        {
+            "customer_id": pd.to_numeric(points["customer_id"]).to_numpy(),
+            "cutoff": cutoff.astype("datetime64[us]").to_numpy(),
+        }
+    )
+    bad = frame.isna().any(axis=1)
+    if bad.any():
+        raise data_problem(
+            "points", None, int(bad.sum()), "have a null customer_id or cutoff",
+            list(points.index[bad.to_numpy()][:5]),
+        )  # fmt: skip
+    return frame.drop_duplicates().reset_index(drop=True)
+
+
+def build_features_at(
+    store: Any,
+    points: pd.DataFrame,
+    *,
+    machine_open_params: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Features of many ``(customer_id, cutoff)`` points in one engine query.
+
+    Each point sees only the events strictly before its own cutoff, so a
+    campaign's audience can be described at the campaign's send time for all
+    campaigns at once (:mod:`bmkt.uplift`).
+
+    Parameters
+    ----------
+    store : Store, path or mapping
+        Anything :func:`bmkt.io.open_store` accepts.
+    points : pandas.DataFrame
+        Columns ``customer_id`` and ``cutoff``: the exclusive end of the data
+        each point may see (naive UTC; zone-aware values are converted).
+        Duplicate points are computed once.
+    machine_open_params : dict, optional
+        Keyword arguments of :func:`bmkt.engagement.flag_machine_opens`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per distinct point whose customer signed up before its cutoff
+        (other points are dropped and counted in the log): ``customer_id``,
+        ``cutoff`` and every column of :data:`FEATURES`, sorted by
+        ``cutoff`` and ``customer_id``, with a RangeIndex.
+
+    Raises
+    ------
+    DataError
+        If ``points`` lacks a column or has nulls.
+    ConfigError
+        On unknown ``machine_open_params``.
+    """
+    store = open_store(store)
+    frame = _points_frame(points)
+    machine = _machine_settings(machine_open_params)
+    if frame.empty:
+        return pd.DataFrame(columns=["customer_id", "cutoff", *FEATURES])
+    name = f"_bmkt_points_{uuid.uuid4().hex}"
+    pts = store.con.create_table(name, ibis.memtable(frame), temp=True, overwrite=True)
+    try:
+        out = _run(store, pts, pd.Timestamp(frame["cutoff"].max()), machine)
+    finally:
+        store.con.drop_table(name, force=True)
+    dropped = len(frame) - len(out)
+    if dropped:
+        log.info("build_features_at: %d point(s) before the customer's signup left out", dropped)
+    return out
+
+
+def build_features(
+    store: Any,
+    cutoff: object,
+    *,
+    machine_open_params: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """One row of behavioural features per customer who signed up before the cutoff.
+
+    Parameters
+    ----------
+    store : Store, path or mapping
+        Anything :func:`bmkt.io.open_store` accepts.
+    cutoff : date-like
+        Run date: only data before the end of its window
+        (:func:`bmkt.schema.parse_as_of`) is used; ``"2024-06-30"`` sees
+        everything through 2024-06-30 23:59:59.
+    machine_open_params : dict, optional
+        Keyword arguments of :func:`bmkt.engagement.flag_machine_opens`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``customer_id`` (sorted); the columns of :data:`FEATURES`
+        in order. ``attrs["cutoff"]`` holds the exclusive end (ISO text).
+
+    Raises
+    ------
+    DataError
+        If no customer signed up before the cutoff (no history).
+    ConfigError
+        If ``cutoff`` cannot be parsed.
+
+    Examples
+    --------
+    >>> from bmkt.simulate import simulate_store
+    >>> X = build_features(simulate_store(n_customers=300, days=120, seed=1), "2024-05-31")
+    >>> X.attrs["cutoff"]
+    '2024-06-01T00:00:00'
+    """
+    return build_features_before(store, cutoff_end(cutoff), machine_open_params=machine_open_params)
+
+
+def build_features_before(
+    store: Any,
+    end: pd.Timestamp,
+    *,
+    machine_open_params: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """:func:`build_features` from data strictly before the timestamp ``end``.
+
+    ``end`` is taken as it is (no run-date rule): ``2024-07-01 00:00`` sees
+    everything through 2024-06-30. The models use it for the cutoffs of a
+    backtest (``as_of - horizon``), which are exclusive ends already.
+    """
+    store = open_store(store)
+    end = pd.Timestamp(end)
+    if end.tzinfo is not None:
+        end = end.tz_convert("UTC").tz_localize(None)
+    customers = store.table("customers")
+    stats = engine.to_pandas(
+        customers.aggregate(
+            n=customers.count(),
+            n_known=_count(customers.created_at < end),
+            first=customers.created_at.min(),
+        )
+    ).iloc[0]
+    if int(stats["n"]) == 0:
+        raise DataError("customers: table is empty (0 rows); no history to build features from.")
+    if int(stats["n_known"] or 0) == 0:
+        raise DataError(
+            f"customers.created_at: all {int(stats['n'])} rows signed up on or after the cutoff "
+            f"{end} (first on {stats['first']}); there is no history before the cutoff."
+        )
+    known = customers.filter(customers.created_at < end)
+    pts = known.select("customer_id", cutoff=ibis.literal(end.to_pydatetime(), type=dt.Timestamp()))
+    out = _run(store, pts, end, _machine_settings(machine_open_params))
+    out = out.drop(columns="cutoff").set_index("customer_id").sort_index()
+    out.attrs["cutoff"] = end.isoformat()
+    return out
