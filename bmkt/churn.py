@@ -106,6 +106,7 @@ class ChurnModel(OutcomeModel):
         random_state: int | None = 0,
         machine_open_params: dict[str, Any] | None = None,
         n_threads: int | None = None,
+        sample_size: int | None = 200_000,
     ) -> None:
         super().__init__(
             horizon_days=horizon_days,
@@ -115,6 +116,7 @@ class ChurnModel(OutcomeModel):
             random_state=random_state,
             machine_open_params=machine_open_params,
             n_threads=n_threads,
+            sample_size=sample_size,
         )
 
     def _population(self, store: Store, end: pd.Timestamp, X: pd.DataFrame) -> pd.DataFrame:

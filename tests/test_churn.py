@@ -278,3 +278,20 @@ def test_customers_without_email_events_are_scored(store, tables, bt) -> None:
     silent = scores[~scores["customer_id"].isin(emailed)]
     assert len(silent) > 0
     assert silent["churn_risk"].between(0, 1).all()
+
+
+def test_training_sample_is_stratified_and_bounded() -> None:
+    import numpy as np
+
+    from bmkt.churn import ChurnModel
+
+    rng = np.random.default_rng(0)
+    from bmkt.features import FEATURES
+
+    X = pd.DataFrame(rng.normal(size=(3000, len(FEATURES))), columns=list(FEATURES))
+    y = pd.Series((rng.random(3000) < 0.3).astype("int64"))
+    m = ChurnModel(sample_size=1000, calibration="sigmoid", n_threads=1)
+    m._fit_xy(X, y, pd.Timestamp("2024-01-01"))
+    assert 995 <= m.n_train_ <= 1005
+    share = m.class_counts_["churned"] / m.n_train_
+    assert abs(share - y.mean()) < 0.01  # stratified: the class balance is kept
