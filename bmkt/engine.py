@@ -65,7 +65,10 @@ def connect(
         kwargs["read_only"] = read_only
     con = ibis.duckdb.connect(**kwargs)
     con.raw_sql("SET TimeZone='UTC'")
-    con.raw_sql("SET enable_progress_bar=false")  # bmkt shows its own progress
+    try:  # bmkt shows its own progress; inside Jupyter DuckDB may refuse the change
+        con.raw_sql("SET enable_progress_bar=false")
+    except Exception as exc:  # noqa: BLE001 - duckdb raises InvalidInputException
+        log.debug("DuckDB progress bar setting left as is: %s", exc)
     con.raw_sql(f"SET memory_limit='{memory_limit or config.DUCKDB_MEMORY_LIMIT}'")
     tmp = temp_dir or config.DUCKDB_TEMP_DIR
     if tmp:
