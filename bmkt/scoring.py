@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ class Scores:
     models: dict[str, Any] = field(default_factory=dict)
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     params: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``scores.parquet``, ``triggers.parquet`` and ``scores.json`` (parameters)."""
@@ -210,8 +212,14 @@ def score_customers(
     store = open_store(store)
     end = parse_as_of(as_of)
     steps = tqdm(total=6, desc="scoring", disable=not progress)
+    timings: dict[str, float] = {}
+    clock = {"name": "", "t": time.perf_counter()}
 
     def step(name: str) -> None:
+        now = time.perf_counter()
+        if clock["name"]:
+            timings[clock["name"]] = now - clock["t"]
+        clock.update(name=name, t=now)
         steps.set_postfix_str(name)
         log.info("scoring: %s", name)
 
@@ -275,6 +283,7 @@ def score_customers(
     flags = triggers.wide_flags(trig, table.index)
     table = table.join(flags)
     steps.update()
+    step("")
     steps.close()
     table.index.name = "customer_id"
     params = {
@@ -286,7 +295,9 @@ def score_customers(
         "purchase_horizon_days": purchase_horizon_days,
         "sample_size": sample_size,
     }
-    return Scores(table=table, triggers=trig, models=models, summary=summary, params=params)
+    return Scores(
+        table=table, triggers=trig, models=models, summary=summary, params=params, timings=timings
+    )
 
 
 def _behavior_scores(

@@ -1,0 +1,222 @@
+"""Benchmark the whole segment job at scale, with a baseline run in the same process.
+
+The job is what ``notebooks/10_segment_lists`` and ``20_send_plan`` run,
+straight from a folder of Parquet files (DuckDB reads them in place; nothing is
+loaded into pandas before the per-customer table):
+
+==============  ==================================================================
+step            what
+==============  ==================================================================
+open            ``open_store(folder)``: Parquet files as DuckDB views
+customers       customers signed up by as_of (per-customer table starts)
+rfm + clv       ``rfm.summarize`` in DuckDB, R/F/M scores and segments, BG/NBD and
+                Gamma-Gamma fits (on a 200k sample), P(alive), CLV for everyone
+engagement      machine opens, engagement states, send hour, affinities (DuckDB)
+churn + prop.   features at as_of - H in DuckDB, churn and purchase models trained
+                on a 200k stratified sample, everyone scored at as_of
+triggers        the eight behavioral triggers with cooldowns
+segments        default rule set on the score table
+recommend       item-to-item similarity and 3 products per customer
+plan            suppression, caps, holdouts, variants, send times
+publish         segment lists and send lists (CSV, sha256 manifests), atomically
+==============  ==================================================================
+
+The baseline, in the same process on the same orders: plain ``lifetimes``
+for the part it covers (summary, BG/NBD fit, Gamma-Gamma fit, CLV), as
+``bench_scoring.py`` does step by step. Peak RSS is the process's resident
+memory at its highest during the step (sampled every 5 ms).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_job.py                     # 1,000,000 customers
+    .venv/bin/python benchmarks/bench_job.py --customers 10000000 --no-baseline
+    .venv/bin/python benchmarks/bench_job.py --customers 20000   # a quick look
+
+The simulated store is cached under ``benchmarks/results/store_<N>_<seed>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+# OpenMP threads of the gradient boosting spin while waiting by default; next to
+# the RSS sampler thread on 2 cores that costs 10x. Wait passively instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_scoring import Timing, _PeakRSS, _timed  # noqa: E402
+
+import bmkt  # noqa: E402
+from bmkt.io import open_store  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+AS_OF = "2024-06-30"
+
+
+def _store(n: int, seed: int, days: int, campaigns_per_week: float) -> Path:
+    from bmkt.simulate import simulate_store, write_store
+
+    folder = RESULTS / f"store_{n}_{seed}_{days}_{campaigns_per_week:g}"
+    if not (folder / "orders.parquet").exists():
+        t0 = time.perf_counter()
+        tables = simulate_store(
+            n_customers=n,
+            days=days,
+            seed=seed,
+            end=AS_OF,
+            campaigns_per_week=campaigns_per_week,
+        )
+        write_store(tables, folder)
+        del tables
+        print(f"simulated {n:,} customers in {time.perf_counter() - t0:.0f} s -> {folder}")
+    return folder
+
+
+def _job(folder: Path, out: Path) -> tuple[dict[str, Timing], dict[str, int]]:
+    from bmkt.plan import build_plan, load_campaigns
+    from bmkt.publish import publish_plan, publish_segments
+    from bmkt.recommend import ItemSimilarity
+    from bmkt.scoring import score_customers
+    from bmkt.segments import RuleSet
+
+    times: dict[str, Timing] = {}
+    store, times["open"] = _timed(lambda: open_store(folder))
+    scores, t = _timed(lambda: score_customers(store, AS_OF, churn=True))
+    for name, seconds in scores.timings.items():
+        times[name] = Timing(seconds, t.peak_mib)
+    assignment, times["segments"] = _timed(lambda: RuleSet.default().assign(scores.table))
+
+    def recommend() -> Any:
+        model = ItemSimilarity().fit(store, AS_OF)
+        return model.recommend(scores.table.index, n=3)
+
+    recs, times["recommend"] = _timed(recommend)
+    plan, times["plan"] = _timed(
+        lambda: build_plan(
+            store,
+            assignment,
+            scores.triggers,
+            load_campaigns(None),
+            AS_OF,
+            features=scores.table,
+            recommendations=recs,
+        )
+    )
+
+    def publish() -> None:
+        publish_segments(assignment, scores.table, out, "bench", AS_OF)
+        publish_plan(plan, out, "bench", AS_OF)
+
+    _, times["publish"] = _timed(publish)
+    counts = {
+        "customers": len(scores.table),
+        "sends": len(plan.sends),
+        "holdouts": len(plan.holdouts),
+    }
+    return times, counts
+
+
+def _baseline(folder: Path) -> dict[str, Timing]:
+    """Plain lifetimes on the same orders (summary + BG/NBD + Gamma-Gamma + CLV)."""
+    import pandas as pd
+    from lifetimes import BetaGeoFitter, GammaGammaFitter
+    from lifetimes.utils import summary_data_from_transaction_data
+
+    orders = pd.read_parquet(
+        folder / "orders.parquet", columns=["customer_id", "ordered_at", "revenue"]
+    )
+    orders = orders[orders.ordered_at < pd.Timestamp(AS_OF) + pd.Timedelta(days=1)]
+    times: dict[str, Timing] = {}
+    summary, times["lifetimes summary"] = _timed(
+        lambda: summary_data_from_transaction_data(
+            orders,
+            "customer_id",
+            "ordered_at",
+            monetary_value_col="revenue",
+            observation_period_end=pd.Timestamp(AS_OF) + pd.Timedelta(days=1, seconds=-1),
+            freq="D",
+        )
+    )
+    bg, times["lifetimes BG/NBD fit"] = _timed(
+        lambda: BetaGeoFitter().fit(summary["frequency"], summary["recency"], summary["T"])
+    )
+    rep = summary[(summary.frequency > 0) & (summary.monetary_value > 0)]
+    gg, times["lifetimes Gamma-Gamma fit"] = _timed(
+        lambda: GammaGammaFitter().fit(rep.frequency, rep.monetary_value)
+    )
+    if gg is not None and bg is not None:
+        _, times["lifetimes CLV"] = _timed(
+            lambda: gg.customer_lifetime_value(
+                bg,
+                summary.frequency,
+                summary.recency,
+                summary.T,
+                summary.monetary_value,
+                time=12,
+                discount_rate=0.01,
+            )
+        )
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--days", type=int, default=730)
+    parser.add_argument("--campaigns-per-week", type=float, default=1.0)
+    parser.add_argument("--no-baseline", action="store_true", help="skip plain lifetimes")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    warnings.simplefilter("ignore")
+
+    folder = _store(args.customers, args.seed, args.days, args.campaigns_per_week)
+    out = Path(tempfile.mkdtemp(prefix="bmkt-bench-"))
+    try:
+        with _PeakRSS() as total_mem:
+            t0 = time.perf_counter()
+            times, counts = _job(folder, out)
+            total = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    base = {} if args.no_baseline else _baseline(folder)
+
+    value_steps = ("rfm + clv",)
+    bmkt_value = sum(times[s].seconds or 0 for s in value_steps if s in times)
+    base_value = sum(t.seconds or 0 for t in base.values() if not t.note)
+
+    print(
+        f"\nbmkt {bmkt.__version__} whole segment job, {counts['customers']:,} customers, "
+        f"{counts['sends']:,} sends, {counts['holdouts']:,} holdouts; "
+        f"{platform.python_version()}, {platform.machine()}"
+    )
+    print(f"{'step':<28}{'bmkt s':>10}{'baseline s':>12}{'ratio':>8}{'peak MiB':>10}")
+    for name, t in times.items():
+        print(f"{name:<28}{t.seconds:>10.2f}{'':>12}{'':>8}{t.peak_mib:>10,.0f}")
+    print(f"{'TOTAL job':<28}{total:>10.2f}{'':>12}{'':>8}{total_mem.peak / 2**20:>10,.0f}")
+    for name, t in base.items():
+        secs = f"{t.seconds:.2f}" if t.seconds is not None else "-"
+        print(f"{name:<28}{'':>10}{secs:>12}{'':>8}{t.peak_mib or 0:>10,.0f}  {t.note}")
+    if base:
+        ratio = base_value / bmkt_value if bmkt_value else float("nan")
+        print(
+            f"{'summary + CLV (value part)':<28}{bmkt_value:>10.2f}{base_value:>12.2f}"
+            f"{ratio:>7.1f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
