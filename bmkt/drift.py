@@ -99,7 +99,8 @@ def score_drift(
     DataFrame
         Indexed by column: ``psi``, ``ks``, ``mean_reference``,
         ``mean_current``, ``n_reference``, ``n_current`` and ``status``
-        (``stable``, ``moderate`` or ``major``).
+        (``stable``, ``moderate`` or ``major``; ``not scored`` with NaN PSI
+        when a score has no values in one of the runs).
     """
     default = [
         "clv",
@@ -123,6 +124,20 @@ def score_drift(
     rows = []
     for col in cols:
         r, c = reference[col], current[col]
+        if r.notna().sum() == 0 or c.notna().sum() == 0:  # not scored in one of the runs
+            rows.append(
+                {
+                    "column": col,
+                    "psi": np.nan,
+                    "ks": np.nan,
+                    "mean_reference": np.nan,
+                    "mean_current": np.nan,
+                    "n_reference": int(r.notna().sum()),
+                    "n_current": int(c.notna().sum()),
+                    "status": "not scored",
+                }
+            )
+            continue
         numeric = pd.api.types.is_numeric_dtype(r) and not pd.api.types.is_bool_dtype(r)
         value = psi(r, c, bins)
         ks = float(stats.ks_2samp(r.dropna(), c.dropna()).statistic) if numeric else np.nan

@@ -95,7 +95,7 @@ from ibis.expr.types import Table
 from markupsafe import Markup
 
 from bmkt import config, engine
-from bmkt.errors import ConfigError, DataError, format_examples
+from bmkt.errors import BmktError, ConfigError, DataError, format_examples
 from bmkt.experiments import proportion_test, welch_test
 from bmkt.io import Store, open_store, parse_timestamp
 from bmkt.schema import parse_as_of
@@ -1238,7 +1238,8 @@ def performance_report(
     -------
     (Path, dict)
         The HTML path and the tables by name (``incrementality``,
-        ``campaigns``, ``by_segment``, ``engagement``, ``cohorts``).
+        ``campaigns``, ``by_segment``, ``engagement``, ``cohorts``,
+        ``clv_over_time``).
     """
     store = open_store(store)
     machine = detected_machine_opens(store, as_of)
@@ -1253,6 +1254,7 @@ def performance_report(
         ),
         "engagement": engagement_over_time(store, as_of, machine_opens=machine),
         "cohorts": cohort_retention(store, as_of),
+        "clv_over_time": clv_over_time(store, as_of),
     }
     if segments is not None:
         tables["by_segment"] = campaign_metrics(
@@ -1282,8 +1284,108 @@ def performance_report(
         ),
         Section("Engagement over time", [plot_engagement(tables["engagement"])]),
         Section("Cohort retention", [plot_cohort_retention(tables["cohorts"])]),
+        Section(
+            "CLV of the base over time",
+            [plot_clv_over_time(tables["clv_over_time"]), tables["clv_over_time"]],
+        ),
     ]
     if "by_segment" in tables:
         sections.insert(3, Section("By segment", [tables["by_segment"]]))
     path = render_html_report(sections, out_path, "Campaign performance", run_info)
     return path, tables
+
+
+def clv_over_time(
+    store: Any,
+    as_of: Any,
+    months: int = 6,
+    horizon_months: int = 12,
+    discount_rate: float = 0.01,
+    sample_size: int | None = 200_000,
+) -> pd.DataFrame:
+    """CLV of the customer base at the end of each of the last ``months`` months.
+
+    At each month end ``c`` (and ``as_of`` itself) the BG/NBD and Gamma-Gamma
+    models are fitted on the orders up to ``c`` only, and every buyer's CLV is
+    summed: how the value of the base has moved, as the models saw it then.
+
+    Returns
+    -------
+    DataFrame
+        One row per cutoff: ``as_of``, ``buyers``, ``expected_active`` (sum of
+        P(alive)), ``total_clv``, ``mean_clv``.
+    """
+    from bmkt import clv as clv_models
+    from bmkt import rfm
+
+    if not isinstance(months, int) or months < 1:
+        raise ConfigError(f"'months' must be a positive integer. Got {months!r}.")
+    store = open_store(store)
+    end = pd.Timestamp(parse_as_of(as_of)) - pd.Timedelta(days=1)
+    cutoffs = [
+        (end.to_period("M") - k).to_timestamp(how="end").normalize() for k in range(months, 0, -1)
+    ]
+    cutoffs = [c for c in cutoffs if c < end.normalize()] + [end.normalize()]
+    orders = store.table("orders")
+    rows = []
+    for c in cutoffs:
+        try:
+            summary = rfm.summarize(orders, c.date().isoformat(), period="D")
+            bg = clv_models.BetaGeo(sample_size=sample_size).fit(summary)
+            gg = clv_models.GammaGamma(sample_size=sample_size).fit(summary)
+        except BmktError as exc:
+            log.info("clv_over_time: no models at %s (%s)", c.date(), exc)
+            continue
+        value = clv_models.clv(
+            bg, gg, summary, horizon=horizon_months, discount_rate=discount_rate, period="D"
+        )
+        rows.append(
+            {
+                "as_of": c,
+                "buyers": len(summary),
+                "expected_active": float(bg.p_alive(summary).sum()),
+                "total_clv": float(value.sum()),
+                "mean_clv": float(value.mean()),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["as_of", "buyers", "expected_active", "total_clv", "mean_clv"]
+    )
+
+
+def plot_clv_over_time(frame: pd.DataFrame, fig: go.Figure | None = None) -> go.Figure:
+    """Total CLV of the base and expected active customers per cutoff."""
+    from plotly.subplots import make_subplots
+
+    fig = fig or make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Bar(x=frame["as_of"], y=frame["total_clv"], name="total CLV"))
+    fig.add_trace(
+        go.Scatter(x=frame["as_of"], y=frame["expected_active"], name="expected active customers"),
+        secondary_y=True,
+    )
+    fig.update_layout(title="CLV of the customer base over time", height=380)
+    return fig
+
+
+def plot_migration(migration: Any, fig: go.Figure | None = None) -> go.Figure:
+    """Heatmap of a segment migration (:func:`bmkt.segments.migration`): row shares."""
+    shares = migration.shares
+    fig = fig or go.Figure()
+    fig.add_trace(
+        go.Heatmap(
+            z=shares.values,
+            x=[str(c) for c in shares.columns],
+            y=[str(r) for r in shares.index],
+            colorscale="Blues",
+            texttemplate="%{z:.0%}",
+            customdata=migration.counts.reindex_like(shares).values,
+            hovertemplate="%{y} -> %{x}: %{z:.1%} (%{customdata:,} customers)<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="Segment migration between runs (rows: before, columns: after)",
+        xaxis_title="after",
+        yaxis_title="before",
+        height=480,
+    )
+    return fig

@@ -38,3 +38,11 @@ def test_score_drift_flags_and_errors() -> None:
         score_drift(ref, cur, ["p_alive"])
     with pytest.raises(ConfigError, match="'bins' must be at least 2"):
         psi(ref.clv, cur.clv, bins=1)
+
+
+def test_a_score_missing_in_one_run_is_reported_not_raised() -> None:
+    ref = pd.DataFrame({"clv": [1.0, 2.0, 3.0], "churn_risk": [0.1, 0.2, 0.3]})
+    cur = pd.DataFrame({"clv": [1.0, 2.0, 3.5], "churn_risk": [np.nan] * 3})
+    d = score_drift(ref, cur)
+    assert d.loc["churn_risk", "status"] == "not scored" and np.isnan(d.loc["churn_risk", "psi"])
+    assert d.loc["clv", "status"] in ("stable", "moderate", "major")

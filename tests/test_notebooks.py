@@ -61,7 +61,9 @@ def test_pipeline_publishes_segments_send_lists_report_and_health(pipeline_run, 
     manifest = json.loads((out / "send_lists" / "manifest.json").read_text())
     assert manifest["run_id"] == "t1" and manifest["as_of"] == AS_OF
     sends = [r for r in manifest["resources"] if r["path"].startswith("send_")]
-    assert sends and all(r["rows"] == len(pd.read_csv(out / "send_lists" / r["path"])) for r in sends)
+    assert sends and all(
+        r["rows"] == len(pd.read_csv(out / "send_lists" / r["path"])) for r in sends
+    )
     assert sum(manifest["exclusions_by_reason"].values()) > 0
     assert "store" in manifest["inputs"]
     customers = pd.read_parquet(db.parent / "store" / "customers.parquet")
@@ -81,8 +83,10 @@ def test_pipeline_publishes_segments_send_lists_report_and_health(pipeline_run, 
 
 def test_explore_notebook_runs(db: Path, tmp_path: Path) -> None:
     res = run_notebook(
-        "01_explore_segments", {"source": str(db), "as_of": AS_OF, "churn": False},
-        run_id="e1", reports_dir=tmp_path,
+        "01_explore_segments",
+        {"source": str(db), "as_of": AS_OF, "churn": False},
+        run_id="e1",
+        reports_dir=tmp_path,
     )
     assert (res.out_dir / "01_explore_segments.html").exists()
 
@@ -96,3 +100,19 @@ def test_failing_run_publishes_nothing(db: Path, tmp_path: Path, pipeline_run) -
         run_pipeline(AS_OF, {"source": str(bad_store)}, run_id="t2", reports_dir=tmp_path)
     assert not (tmp_path / "t2").exists()
     assert (tmp_path / "_failed" / "t2" / "10_segment_lists.ipynb").exists()
+
+
+def test_model_health_measures_drift_and_migration_against_a_previous_run(
+    db: Path, tmp_path: Path, pipeline_run
+) -> None:
+    res = run_notebook(
+        "40_model_health",
+        {"source": str(db), "as_of": "2024-05-31", "previous_scores": str(pipeline_run.out_dir)},
+        run_id="h1",
+        reports_dir=tmp_path,
+    )
+    health = json.loads((res.out_dir / "model_health.json").read_text())
+    assert set(health["drift"]) >= {"clv", "p_alive", "rfm_segment"}
+    assert health["drift"]["clv"] >= 0 and health["drift"]["p_alive"] >= 0
+    html = (res.out_dir / "40_model_health.html").read_text()
+    assert "Segment migration" in html and "no previous run given" not in html

@@ -514,3 +514,28 @@ def test_incrementality_ci_covers_simulated_true_uplift() -> None:
     assert min(coverage) >= 0.8, coverage
     assert np.mean(coverage) >= 0.88, coverage
     assert time.perf_counter() - started < 30
+
+
+def test_clv_over_time_and_migration_plot() -> None:
+    from bmkt.report import clv_over_time, plot_clv_over_time, plot_migration
+    from bmkt.segments import migration
+    from bmkt.simulate import simulate_store
+
+    tables = simulate_store(n_customers=1500, days=400, seed=2, email=False, web=False)
+    frame = clv_over_time(tables, "2024-06-30", months=3)
+    assert list(frame["as_of"].dt.strftime("%Y-%m-%d")) == [
+        "2024-03-31",
+        "2024-04-30",
+        "2024-05-31",
+        "2024-06-30",
+    ]
+    assert frame["buyers"].is_monotonic_increasing  # buyers only accumulate
+    assert (frame["total_clv"] > 0).all()
+    assert (frame["expected_active"] <= frame["buyers"]).all()
+    assert len(plot_clv_over_time(frame).data) == 2
+    before = pd.Series(["a", "a", "b"], index=[1, 2, 3])
+    after = pd.Series(["a", "b", "b"], index=[1, 2, 4])
+    fig = plot_migration(migration(before, after))
+    assert fig.data[0].z.shape[0] == 3  # a, b, (new)
+    with pytest.raises(ConfigError, match="'months' must be a positive integer"):
+        clv_over_time(tables, "2024-06-30", months=0)
