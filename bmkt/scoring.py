@@ -331,6 +331,7 @@ def _behavior_scores(
             table[column] = np.nan
             continue
         fitted[name] = model
-        series = scored[column] if column in scored else scored.iloc[:, -1]
-        table[column] = series.reindex(table.index)
+        if "customer_id" in scored.columns:
+            scored = scored.set_index("customer_id")
+        table[column] = scored[column].reindex(table.index)
     return table, fitted

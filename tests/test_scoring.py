@@ -114,3 +114,24 @@ def test_explore_figures_and_summary(scores) -> None:
         assert len(fig.data) >= 1
     with pytest.raises(DataError, match="needs column"):
         explore.rfm_grid(table.drop(columns=["r_score"]))
+
+
+def test_churn_and_propensity_land_on_the_right_customers(store) -> None:
+    from bmkt.churn import ChurnModel
+
+    scores = score_customers(store, AS_OF, churn=True)
+    table = scores.table
+    model = scores.models["churn"]
+    assert isinstance(model, ChurnModel)
+    direct = model.score(store, AS_OF).set_index("customer_id")["churn_risk"]
+    pd.testing.assert_series_equal(
+        table.loc[direct.index, "churn_risk"], direct, check_names=False
+    )
+    buyers = table[table.is_buyer]
+    assert buyers.churn_risk.notna().all()  # every buyer is scored ...
+    assert table.loc[~table.is_buyer, "churn_risk"].isna().all()  # ... and only buyers
+    assert table.purchase_propensity.notna().all()
+    truth = store["truth"].set_index("customer_id")
+    repeat = buyers[buyers.frequency > 0]
+    alive = truth.loc[repeat.index, "alive_at_end"]
+    assert roc_auc_score(~alive, repeat.churn_risk) > 0.75
