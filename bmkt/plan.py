@@ -83,10 +83,7 @@ For every campaign and audience member, in this order:
    customer id and salt only) receive no campaign at all.
 3. **Holdout**, drawn among the *eligible* (non-suppressed, not global
    control) audience, so treatment and holdout are comparable: both are
-   customers we were allowed to email. Held-out customers do not use up a
-   daily slot: they may receive another, lower-priority campaign the same
-   day, so the holdout measures "this campaign vs. what they would otherwise
-   have got".
+   customers we were allowed to email.
 4. **Uplift targeting** (``uplift_top_share``): the top share is ranked over
    the whole eligible audience; holdout members keep their ``uplift_top``
    flag so the measurement compares like with like.
@@ -98,17 +95,21 @@ For every campaign and audience member, in this order:
    ``frequency_cap`` emails counting the history's ``sent`` events in the
    ``cap_days`` days before ``as_of`` **plus every email planned now**, on
    whatever send day (conservative: a plan spanning several days never
-   exceeds the cap in any window ending at ``as_of`` or later).
+   exceeds the cap in any window ending at ``as_of`` or later). Held-out
+   customers take part *as if sent*: they take the slot and count towards
+   the cap, and lose to higher-priority campaigns exactly like treated
+   customers. So both arms of every campaign are thinned by arbitration
+   alike, and a held-out customer gets no other campaign in its place.
 
 Customers who were not sent and not held out are listed in
 :attr:`SendPlan.exclusions` with the first reason in :data:`EXCLUSION_REASONS`
 (precedence order) and all their reasons; so for every campaign
 ``audience = sent + holdout + excluded``.
 
-Intent-to-treat: the treatment group of a campaign is the non-held-out
-eligible audience, i.e. the sends *plus* the ``uplift_below_top``,
-``daily_limit`` and ``frequency_cap`` exclusions. Compare that group with the
-holdout to measure lift without bias from arbitration.
+Measurement: because arbitration treats both arms alike, the sends and the
+holdout of a campaign are comparable groups (``uplift_below_top`` customers
+are outside both), which is what :func:`bmkt.report.incrementality`
+compares.
 """
 
 from __future__ import annotations
@@ -1089,13 +1090,18 @@ def _recommendation_columns(recommendations: pd.DataFrame | None) -> pd.DataFram
 
 def _features_frame(features: pd.DataFrame | None) -> pd.DataFrame:
     if features is None:
-        return pd.DataFrame(columns=["_key", "preferred_hour", "uplift"])
+        return pd.DataFrame(columns=["_key", "preferred_hour", "uplift", "send_timezone"])
     f = _to_frame(features, "features")
     if "customer_id" in f.columns:
         f = f.set_index("customer_id")
     out = pd.DataFrame({"_key": id_strings(pd.Series(f.index, dtype=object)).to_numpy()})
     for col in ("preferred_hour", "uplift"):
         out[col] = pd.to_numeric(f[col], errors="coerce").to_numpy() if col in f.columns else np.nan
+    if "send_time_source" in f.columns:  # a population fallback is no preference
+        fallback = (f["send_time_source"] == "fallback").to_numpy()
+        out.loc[fallback, "preferred_hour"] = np.nan
+    zone = f["send_timezone"] if "send_timezone" in f.columns else pd.Series(None, index=f.index)
+    out["send_timezone"] = zone.astype(object).where(zone.notna(), None).to_numpy()
     dup = out["_key"].duplicated(keep=False)
     if dup.any():
         raise data_problem(
@@ -1351,7 +1357,11 @@ def build_plan(
         Email history; its ``sent`` events count towards the caps.
     features : DataFrame, optional
         Indexed by customer id, with ``preferred_hour`` (local hour 0-23) and/or
-        ``uplift`` (needed by campaigns with ``uplift_top_share``).
+        ``uplift`` (needed by campaigns with ``uplift_top_share``). Optional
+        ``send_timezone``: the zone ``preferred_hour`` was estimated in, used
+        when ``customers.timezone`` is null; optional ``send_time_source``:
+        rows marked ``"fallback"`` (a population default, not the customer's
+        own history) get the campaign's ``send_hour`` instead.
     recommendations : DataFrame, optional
         ``customer_id``, ``rank``, ``product_id``, ``score``; the top 3 become
         ``rec_1`` .. ``rec_3``.
@@ -1436,6 +1446,9 @@ def build_plan(
         draw_uniform(cust["_hash"].to_numpy(), salt, "global_control") < global_control_share
     )
     cust = cust.merge(feats, on="_key", how="left")
+    # the zone the preferred hour was estimated in (inferred when customers.timezone is null)
+    inferred = cust["send_timezone"].notna() & cust["timezone"].isna()
+    cust.loc[inferred, "timezone"] = cust.loc[inferred, "send_timezone"]
     seg_of = assign.set_index("_key")["segment"] if assign is not None else pd.Series(dtype=object)
     cust["segment"] = cust["_key"].map(seg_of).astype(object)
     cust["customer_id"] = cust["customer_id"].astype(object)  # no float upcast on merges
@@ -1506,18 +1519,6 @@ def build_plan(
             ranked = np.lexsort((tie, np.where(np.isnan(score), np.inf, -score)))
             top = np.zeros(len(eligible), dtype=bool)
             top[ranked[:n_top]] = True
-        h = eligible.loc[is_holdout]
-        flag = top[is_holdout] if c.uplift_top_share is not None else [pd.NA] * len(h)
-        held.append(
-            pd.DataFrame(
-                {
-                    "customer_id": h["customer_id"].to_numpy(dtype=object),
-                    "campaign_id": c.campaign_id,
-                    "segment": h["segment"].to_numpy(dtype=object),
-                    "uplift_top": pd.array(flag, dtype="boolean"),
-                }
-            )
-        )
         b = eligible.loc[~is_holdout & ~top]
         excluded.append(
             pd.DataFrame(
@@ -1530,14 +1531,23 @@ def build_plan(
             )
         )
 
-        # arm, day, local hour
-        treat = eligible.loc[~is_holdout & top].copy()
+        # arm, day, local hour. Held-out customers go through arbitration like the
+        # treated ("as if sent"): they take the day's slot and count towards the cap,
+        # so both arms lose customers to other campaigns in the same way.
+        pool = is_holdout | top
+        treat = eligible.loc[pool].copy()
+        treat["_holdout"] = is_holdout[pool]
+        treat["_uplift_top"] = (
+            top[pool] if c.uplift_top_share is not None else np.full(int(pool.sum()), np.nan)
+        )
         u_v = draw_uniform(treat["_hash"].to_numpy(dtype=np.uint64), salt, "variant", c.campaign_id)
         names = np.asarray([v for v, _ in c.variants], dtype=object)
         cum = np.cumsum([w for _, w in c.variants])
-        treat["variant"] = names[
-            np.minimum(np.searchsorted(cum, u_v, side="right"), len(names) - 1)
-        ]
+        treat["variant"] = np.where(
+            treat["_holdout"].to_numpy(),
+            None,
+            names[np.minimum(np.searchsorted(cum, u_v, side="right"), len(names) - 1)],
+        )
         treat["_priority"] = c.priority
         treat["_day"] = pd.Timestamp(c.send_date) if c.send_date is not None else default_day
         pref = treat["preferred_hour"].to_numpy(dtype=float)
@@ -1564,12 +1574,32 @@ def build_plan(
                 }
             )
         )
-        sends = cand.loc[~lost].copy()
+        won = cand.loc[~lost]
+        h = won.loc[won["_holdout"].astype(bool)]
+        held.append(
+            pd.DataFrame(
+                {
+                    "customer_id": h["customer_id"].to_numpy(dtype=object),
+                    "campaign_id": h["campaign_id"].to_numpy(),
+                    "segment": h["segment"].to_numpy(dtype=object),
+                    "uplift_top": pd.array(
+                        [pd.NA if pd.isna(v) else bool(v) for v in h["_uplift_top"]],
+                        dtype="boolean",
+                    ),
+                }
+            )
+        )
+        sends = won.loc[~won["_holdout"].astype(bool)].copy()
     if len(sends):
         local = sends["_day"] + pd.to_timedelta(sends["_hour"].astype("int64"), unit="h")
         utc = local_to_utc(local, sends["timezone"])
-        earliest = end.ceil("min")  # never schedule before the data window closes
-        sends["send_at_utc"] = utc.where(utc >= earliest, earliest)
+        # never before the data window closes: a local hour that has already
+        # passed (zones ahead of UTC) moves to the same local hour the next day
+        early = (utc < end).to_numpy()
+        if early.any():
+            later = local_to_utc(local + pd.Timedelta(days=1), sends["timezone"])
+            utc = utc.where(~early, later)
+        sends["send_at_utc"] = utc
         sends = sends.merge(recs, on="_key", how="left")
         sends["abandoned_products"] = sends["trigger_products"].where(
             sends["trigger"] == "cart_abandonment", None

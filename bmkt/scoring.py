@@ -256,6 +256,8 @@ def score_customers(
     table["preferred_hour"] = send["preferred_hour"].reindex(table.index)
     table["preferred_weekday"] = send["preferred_weekday"].reindex(table.index)
     table["send_time_source"] = send["source"].reindex(table.index)
+    # the zone the hour is in: customers.timezone, or inferred from the country
+    table["send_timezone"] = send["timezone"].reindex(table.index)
     cat = engagement.category_affinity(store, as_of, top_n=1)
     table["top_category"] = cat["category_1"].reindex(table.index) if "category_1" in cat else None
     disc = engagement.discount_affinity(store, as_of)

@@ -459,12 +459,26 @@ def test_shared_address_counts_as_one_recipient() -> None:
     assert plan.exclusions.rows["reason"].tolist() == ["daily_limit"]
 
 
-def test_holdout_does_not_take_the_daily_slot() -> None:
+def test_both_arms_lose_customers_to_arbitration_alike() -> None:
+    """A held-out customer takes the day's slot "as if sent".
+
+    Otherwise a campaign's holdout would receive other campaigns the same day
+    while its treated customers could not, and the measured lift would be
+    biased; and a lower-priority campaign would keep held-out customers that
+    its treated arm loses to arbitration.
+    """
     cust = customers(500)
-    plan = plan_for(cust, [camp("high", priority=2, holdout_share=0.5), camp("low")])
-    held = set(plan.holdouts["customer_id"])
-    low = set(plan.sends.loc[plan.sends.campaign_id == "low", "customer_id"])
-    assert held and held == low
+    plan = plan_for(
+        cust, [camp("high", priority=2, holdout_share=0.5), camp("low", holdout_share=0.5)]
+    )
+    held_high = set(plan.holdouts.loc[plan.holdouts.campaign_id == "high", "customer_id"])
+    sent_high = set(plan.sends.loc[plan.sends.campaign_id == "high", "customer_id"])
+    assert 200 < len(held_high) < 300 and len(held_high) + len(sent_high) == 500
+    # nobody held out of "high" is mailed "low" instead, and "low" keeps no arm at all
+    assert (plan.sends.campaign_id == "low").sum() == 0
+    assert (plan.holdouts.campaign_id == "low").sum() == 0
+    lost = plan.exclusions.rows
+    assert (lost.loc[lost.campaign_id == "low", "reason"] == "daily_limit").sum() == 500
 
 
 # --------------------------------------------------------------------------- targeting
@@ -599,7 +613,9 @@ def test_send_times_never_before_as_of_and_local_to_utc() -> None:
         "2024-06-30 08:30",
         forgotten=None,
     )
-    assert plan.sends["send_at_utc"].tolist() == [pd.Timestamp("2024-06-30 08:31")]
+    # 06:00 on the as_of day has passed at 08:30: same local hour the next day,
+    # never a burst at the moment the window closes
+    assert plan.sends["send_at_utc"].tolist() == [pd.Timestamp("2024-07-01 06:00")]
     out = local_to_utc(
         pd.Series(pd.to_datetime(["2024-07-01 09:00", "2024-07-01 09:00"])),
         pd.Series(["Asia/Kolkata", "UTC"]),
@@ -754,3 +770,26 @@ def test_preview_escapes_and_shows_no_addresses(tmp_path: Path) -> None:
     leaky = load_campaigns({"campaigns": [camp(template="{{ first_name }}")]})
     with pytest.raises(ConfigError, match="failed to render: 'first_name' is undefined"):
         render_preview(plan, leaky, tmp_path / "x.html")
+
+
+def test_inferred_zone_and_fallback_hours_from_features() -> None:
+    cust = customers(3)
+    cust["timezone"] = [None, None, "Europe/Berlin"]
+    feats = pd.DataFrame(
+        {
+            "preferred_hour": [7, 21, 21],
+            "send_timezone": ["Australia/Sydney", None, "Europe/Berlin"],
+            "send_time_source": ["history", "history", "fallback"],
+        },
+        index=pd.Index(cust.customer_id, name="customer_id"),
+    )
+    plan = plan_for(cust, [camp("c", holdout_share=0.0, send_hour=10)], features=feats)
+    at = plan.sends.set_index("customer_id")["send_at_utc"]
+    ids = cust.customer_id.tolist()
+    # 07:00 in Sydney (zone inferred by the send-time model, +10:00 in July); 07:00 on
+    # the send day (1 July) was 21:00Z on 30 June, before the data window closed, so
+    # it goes out at 07:00 local the next day
+    assert at[ids[0]] == pd.Timestamp("2024-07-01 21:00")
+    # no zone at all: UTC; a population fallback hour gives way to send_hour
+    assert at[ids[1]] == pd.Timestamp("2024-07-01 21:00")
+    assert at[ids[2]] == pd.Timestamp("2024-07-01 08:00")  # 10:00 Berlin (+02:00)
