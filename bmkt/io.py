@@ -373,17 +373,23 @@ def _erase_forgotten(con: Any, path: Path, counts: dict[str, int]) -> dict[str, 
         f"SELECT CAST(customer_id AS VARCHAR) FROM read_csv('{p}', header=true, "
         "all_varchar=true) WHERE customer_id IS NOT NULL"
     )
+    # qualified names: a folder source registers temporary views of the same names
+    db = con.con.execute("SELECT current_database()").fetchone()[0]
+
+    def q(name: str) -> str:
+        return f'"{db}".main."{name}"'
+
     removed: dict[str, int] = {}
     if "order_lines" in counts and "orders" in counts:
         n = con.con.execute(
-            f"DELETE FROM order_lines WHERE order_id IN (SELECT order_id FROM orders "
-            f"WHERE CAST(customer_id AS VARCHAR) IN ({ids}))"
+            f"DELETE FROM {q('order_lines')} WHERE order_id IN (SELECT order_id FROM "
+            f"{q('orders')} WHERE CAST(customer_id AS VARCHAR) IN ({ids}))"
         ).fetchone()[0]
         removed["order_lines"] = int(n)
     for name in ("orders", "web_events", "email_events", "customers"):
         if name in counts:
             n = con.con.execute(
-                f'DELETE FROM "{name}" WHERE CAST(customer_id AS VARCHAR) IN ({ids})'
+                f"DELETE FROM {q(name)} WHERE CAST(customer_id AS VARCHAR) IN ({ids})"
             ).fetchone()[0]
             removed[name] = int(n)
     for name, n in removed.items():
@@ -441,7 +447,9 @@ def ingest(
             for name in store.names:
                 expr = store.table(name)
                 con.raw_sql(f'CREATE OR REPLACE TABLE "{name}" AS {con.compile(expr)}')
-                counts[name] = int(con.table(name).count().execute())
+                counts[name] = int(
+                    con.con.execute(f'SELECT count(*) FROM main."{name}"').fetchone()[0]
+                )
             erased = _erase_forgotten(con, db_path.parent / config.SUPPRESSION_FILENAME, counts)
             meta = pd.DataFrame(
                 {

@@ -193,3 +193,18 @@ def test_reingest_does_not_bring_forgotten_customers_back(tmp_path) -> None:
         assert (
             con.execute("select count(*) from customers where customer_id = 1").fetchone()[0] == 0
         )
+
+
+def test_reingest_of_a_folder_after_forget(tmp_path) -> None:
+    """A folder source registers views named like the tables; erasure must hit the tables."""
+    from bmkt.io import ingest
+    from bmkt.privacy import forget
+    from tests.test_io import write_folder
+    from tests.test_validate import make_store
+
+    folder = write_folder(make_store(), tmp_path / "store")
+    db = tmp_path / "bmkt.duckdb"
+    ingest(folder, db)
+    forget(db, [1])
+    counts = ingest(folder, db)
+    assert counts["customers"] == 2 and counts["orders"] == 1
