@@ -296,6 +296,22 @@ def id_strings(ids: Iterable[Any] | pd.Series) -> pd.Series:
     return s.map(_one_id).astype(object)
 
 
+_INTEGRAL_TEXT = re.compile(r"^\s*([+-]?)0*(\d+?)(?:\.0*)?\s*$")
+
+
+def integer_key(key: str) -> str:
+    """Canonical form of an id written as text, for stores with integer ids.
+
+    ``"0042"``, ``" 42 "`` and ``"42.0"`` all become ``"42"`` (as spreadsheets
+    and CSV exports write integer ids); anything else is returned unchanged.
+    """
+    m = _INTEGRAL_TEXT.match(key)
+    if not m:
+        return key
+    sign, digits = m.groups()
+    return ("-" if sign == "-" and digits != "0" else "") + digits
+
+
 def _blake64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
@@ -1416,6 +1432,9 @@ def build_plan(
     )
     supp_ids, supp_addr, supp_source = _suppression_entries(suppression)
     forgotten_keys, forgotten_source = _forgotten_keys(forgotten)
+    if cust_frame["customer_id"].dtype.kind in "iuf":  # integer ids: "0042", "42.0" are 42
+        supp_ids = {integer_key(k) for k in supp_ids}
+        forgotten_keys = {integer_key(k) for k in forgotten_keys}
     cust = _prepare_customers(cust_frame, supp_ids, supp_addr, forgotten_keys)
     assign = _prepare_assignment(assignment)
     trig = _prepare_triggers(triggers, end)

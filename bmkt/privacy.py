@@ -198,6 +198,7 @@ def forget(
                     f"forget: customers.customer_id is {key_type} but {len(bad)} ids are not "
                     f"whole numbers, e.g. {format_examples(bad)}."
                 )
+            ids = list(dict.fromkeys(str(int(i)) for i in ids))  # "0007" is customer 7
             id_frame = pd.DataFrame({"customer_id": pd.array([int(i) for i in ids], "Int64")})
         else:
             id_frame = pd.DataFrame({"customer_id": ids})

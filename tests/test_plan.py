@@ -793,3 +793,13 @@ def test_inferred_zone_and_fallback_hours_from_features() -> None:
     # no zone at all: UTC; a population fallback hour gives way to send_hour
     assert at[ids[1]] == pd.Timestamp("2024-07-01 21:00")
     assert at[ids[2]] == pd.Timestamp("2024-07-01 08:00")  # 10:00 Berlin (+02:00)
+
+
+def test_suppression_ids_written_as_text_still_suppress(tmp_path) -> None:
+    cust = customers(4)
+    ids = cust.customer_id.tolist()
+    listing = tmp_path / "suppress.csv"
+    listing.write_text(f"customer_id\n{ids[0]:05d}\n{float(ids[1])}\n")  # "00001", "2.0"
+    plan = plan_for(cust, [camp()], suppression=listing)
+    sent = set(plan.sends.customer_id)
+    assert ids[0] not in sent and ids[1] not in sent and {ids[2], ids[3]} <= sent

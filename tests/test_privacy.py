@@ -208,3 +208,17 @@ def test_reingest_of_a_folder_after_forget(tmp_path) -> None:
     forget(db, [1])
     counts = ingest(folder, db)
     assert counts["customers"] == 2 and counts["orders"] == 1
+
+
+def test_forget_writes_canonical_integer_ids(tmp_path) -> None:
+    from bmkt.io import ingest
+    from bmkt.privacy import default_suppression_path, forget, read_suppression
+    from tests.test_validate import make_store
+
+    db = tmp_path / "bmkt.duckdb"
+    ingest(make_store(), db)
+    removed = forget(db, ["0001"])
+    assert removed["customers"] == 1
+    assert read_suppression(default_suppression_path(db)) == ["1"]
+    counts = ingest(make_store(), db)  # so a re-ingest keeps customer 1 out
+    assert counts["customers"] == 2
