@@ -129,7 +129,11 @@ def _customers(store: Store, end: pd.Timestamp) -> pd.DataFrame:
 
 
 def _value_scores(
-    summary: pd.DataFrame, horizon_months: int, discount_rate: float, sample_size: int | None
+    summary: pd.DataFrame,
+    horizon_months: int,
+    discount_rate: float,
+    sample_size: int | None,
+    random_state: int | None = 0,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """RFM scores and segments, P(alive), expected purchases and CLV of buyers."""
     scores = rfm.segment(rfm.score(summary))
@@ -140,7 +144,7 @@ def _value_scores(
     out["rfm_score"] = scores["rfm_score"].astype(str)
     out["rfm_segment"] = scores["segment"].astype(str)
     models: dict[str, Any] = {}
-    bg = clv_models.BetaGeo(sample_size=sample_size).fit(summary)
+    bg = clv_models.BetaGeo(sample_size=sample_size, random_state=random_state).fit(summary)
     models["bgnbd"] = bg
     out["p_alive"] = bg.p_alive(summary)
     out["expected_purchases_90d"] = bg.predict_purchases(summary, 90)
@@ -151,7 +155,7 @@ def _value_scores(
             clv_models.check_gamma_gamma_assumption(summary)
         for w in caught:
             log.warning("%s", w.message)
-        gg = clv_models.GammaGamma(sample_size=sample_size).fit(summary)
+        gg = clv_models.GammaGamma(sample_size=sample_size, random_state=random_state).fit(summary)
         models["gamma_gamma"] = gg
         out["expected_spend"] = gg.expected_spend(summary)
         out["clv"] = clv_models.clv(
@@ -175,6 +179,7 @@ def score_customers(
     purchase_horizon_days: int = 30,
     sample_size: int | None = 200_000,
     trigger_config: Mapping[str, Any] | None = None,
+    random_state: int | None = 0,
     progress: bool = False,
 ) -> Scores:
     """Score every customer of a store as of a date.
@@ -200,6 +205,8 @@ def score_customers(
         customer is scored); ``None`` fits on all.
     trigger_config : mapping, optional
         Per-trigger parameters for :func:`bmkt.triggers.detect_triggers`.
+    random_state : int, optional
+        Seed of the CLV fitting sample and of the churn / propensity models.
     progress : bool
         Show a progress bar over the steps.
 
@@ -229,7 +236,7 @@ def score_customers(
 
     step("rfm + clv")
     summary = rfm.summarize(store.table("orders"), as_of, period="D")
-    value, models = _value_scores(summary, horizon_months, discount_rate, sample_size)
+    value, models = _value_scores(summary, horizon_months, discount_rate, sample_size, random_state)
     table["is_buyer"] = table.index.isin(summary.index)
     table["n_orders"] = summary["n_orders"].reindex(table.index).fillna(0).astype("int64")
     table["total_revenue"] = summary["total_revenue"].reindex(table.index).fillna(0.0)
@@ -267,7 +274,7 @@ def score_customers(
     step("churn + propensity")
     if churn:
         table, fitted = _behavior_scores(
-            store, as_of, table, churn_horizon_days, purchase_horizon_days
+            store, as_of, table, churn_horizon_days, purchase_horizon_days, random_state
         )
         models.update(fitted)
     else:  # not scored: the columns exist (NaN) so rules reading them stay valid
@@ -296,6 +303,7 @@ def score_customers(
         "churn_horizon_days": churn_horizon_days,
         "purchase_horizon_days": purchase_horizon_days,
         "sample_size": sample_size,
+        "random_state": random_state,
     }
     return Scores(
         table=table, triggers=trig, models=models, summary=summary, params=params, timings=timings
@@ -308,6 +316,7 @@ def _behavior_scores(
     table: pd.DataFrame,
     churn_horizon_days: int,
     purchase_horizon_days: int,
+    random_state: int | None = 0,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Train churn and purchase models on the past and score everyone at as_of."""
     from bmkt.errors import BmktError
@@ -321,8 +330,16 @@ def _behavior_scores(
         return table, fitted
     end = parse_as_of(as_of)
     for name, model, column in (
-        ("churn", ChurnModel(horizon_days=churn_horizon_days), "churn_risk"),
-        ("purchase", PurchasePropensity(horizon_days=purchase_horizon_days), "purchase_propensity"),
+        (
+            "churn",
+            ChurnModel(horizon_days=churn_horizon_days, random_state=random_state),
+            "churn_risk",
+        ),
+        (
+            "purchase",
+            PurchasePropensity(horizon_days=purchase_horizon_days, random_state=random_state),
+            "purchase_propensity",
+        ),
     ):
         cutoff = (end - pd.Timedelta(days=model.horizon_days) - pd.Timedelta(days=1)).date()
         try:
