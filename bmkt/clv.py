@@ -102,7 +102,7 @@ from scipy.special import digamma, expit, gammaln, hyp2f1
 from sklearn.base import BaseEstimator, clone
 from threadpoolctl import threadpool_limits
 
-from bmkt import rfm
+from bmkt import engine, rfm
 from bmkt.errors import ConfigError, DataError, ModelError, NotFittedError, data_problem
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ __all__ = [
     "ParetoNBD",
     "GammaGamma",
     "clv",
+    "score_spark",
     "evaluate",
     "Evaluation",
     "check_gamma_gamma_assumption",
@@ -1312,6 +1313,95 @@ def clv(
             f"{list(summary.index[bad][:5])}); the fitted parameters are at an extreme."
         )
     return _to_series(value, summary, "clv")
+
+
+def score_spark(
+    model: _TransactionModel,
+    frame: Any,
+    horizon: float | None = None,
+    *,
+    id_column: str = "customer_id",
+) -> Any:
+    """Score a Spark DataFrame of per-customer summaries with a fitted model, distributed.
+
+    A map over the frame's partitions (:func:`bmkt.engine.map_partitions`,
+    Spark's ``mapInPandas``): the fitted model is broadcast to the executors
+    once, and each partition is scored there with the same vectorised code
+    as :meth:`BetaGeo.p_alive` and :meth:`BetaGeo.predict_purchases`, so the
+    values equal local scoring of the same rows. Fit on the driver, on all
+    customers or a sample (``sample_size``); score everybody on the cluster.
+
+    Parameters
+    ----------
+    model : BetaGeo, ModifiedBetaGeo or ParetoNBD
+        Fitted (its class must be importable on the executors: install
+        bmkt there).
+    frame : pyspark.sql.DataFrame
+        ``id_column``, ``frequency``, ``recency`` and ``T`` per customer, in
+        the model's period (e.g. ``spark.createDataFrame(summary.reset_index())``,
+        or a Parquet table of summaries).
+    horizon : float, optional
+        Also return ``predicted_purchases`` over this many periods.
+    id_column : str
+        The customer key, passed through.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        ``id_column``, ``p_alive`` and (with ``horizon``) ``predicted_purchases``,
+        one row per input row. Lazy: nothing runs until it is written or
+        collected.
+
+    Raises
+    ------
+    ConfigError
+        For a model that is not a transaction model, or an invalid horizon.
+    NotFittedError
+        Before ``fit``.
+    DataError
+        When a column is missing (raised here); invalid values raise the
+        usual :class:`DataError` inside the Spark job.
+
+    Examples
+    --------
+    >>> model = BetaGeo().fit(summary)  # doctest: +SKIP
+    >>> frame = spark.createDataFrame(summary.reset_index())  # doctest: +SKIP
+    >>> score_spark(model, frame, horizon=90).write.parquet("scores/")  # doctest: +SKIP
+    """
+    if not isinstance(model, _TransactionModel):
+        raise ConfigError(
+            "'model' must be a BetaGeo, ModifiedBetaGeo or ParetoNBD instance, "
+            f"got {type(model).__name__}."
+        )
+    model._check_fitted()
+    if horizon is not None:
+        horizon = _check_horizon(horizon)
+    from pyspark.sql.types import DoubleType, StructField, StructType
+
+    need = [id_column, "frequency", "recency", "T"]
+    missing = [c for c in need if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"summary.{missing[0]}: score_spark needs the column(s) {missing} "
+            f"(columns present: {', '.join(frame.columns)})."
+        )
+    fields = [frame.schema[id_column], StructField("p_alive", DoubleType(), False)]
+    if horizon is not None:
+        fields.append(StructField("predicted_purchases", DoubleType(), False))
+    return engine.map_partitions(
+        frame.select(*need), _score_batch, StructType(fields), payload=(model, horizon, id_column)
+    )
+
+
+def _score_batch(batch: pd.DataFrame, payload: tuple[Any, float | None, str]) -> pd.DataFrame:
+    """Score one partition's batch of summaries (runs on a Spark executor)."""
+    model, horizon, id_column = payload
+    summary = batch.set_index(id_column)
+    out = pd.DataFrame({id_column: batch[id_column].to_numpy()})
+    out["p_alive"] = model.p_alive(summary).to_numpy()
+    if horizon is not None:
+        out["predicted_purchases"] = model.predict_purchases(summary, horizon).to_numpy()
+    return out
 
 
 # --------------------------------------------------------------------------- #

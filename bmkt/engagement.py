@@ -5,9 +5,10 @@ accepts) and a run date ``as_of``; events at or after the end of the ``as_of``
 window (:func:`bmkt.schema.parse_as_of`) are ignored, and only customers
 created before it are scored. The heavy lifting (joins, aggregation over
 event tables that may hold tens of millions of rows, time-zone conversion)
-is one Ibis expression per function, executed by DuckDB (two DuckDB
-built-ins are called by name: ``epoch_us`` and ICU's ``timezone``); only
-the per-customer result reaches pandas: one row per customer, indexed by
+is one Ibis expression per function, executed by the store's engine
+(DuckDB by default, or Spark; the time-zone conversion is the one engine
+function called by name, chosen per backend by :func:`bmkt.engine.wall_time`);
+only the per-customer result reaches pandas: one row per customer, indexed by
 ``customer_id``. Customers created after the window end do not exist yet at
 ``as_of`` and are left out; an ``as_of`` before every customer is a
 :class:`~bmkt.errors.DataError`.
@@ -142,45 +143,28 @@ _MACHINE_DEFAULTS: dict[str, Any] = {
 # --------------------------------------------------------------------------- engine helpers
 
 
-@ibis.udf.scalar.builtin(name="epoch_us")
-def _epoch_us(ts: dt.Timestamp()) -> dt.int64:  # type: ignore[valid-type]
-    """Microseconds since 1970-01-01 of a naive (UTC) timestamp."""
-
-
-@ibis.udf.scalar.builtin(name="timezone")
-def _as_utc(zone: str, ts: dt.Timestamp()) -> dt.Timestamp(timezone="UTC"):  # type: ignore[valid-type]
-    """Read a naive timestamp as wall time in ``zone``: a zone-aware instant."""
-
-
-@ibis.udf.scalar.builtin(name="timezone")
-def _wall_time(zone: str, ts: dt.Timestamp(timezone="UTC")) -> dt.Timestamp():  # type: ignore[valid-type]
-    """Wall-clock time in ``zone`` of a zone-aware instant (ICU)."""
-
-
-def _local_time(ts: ibis.Value, zone: ibis.Value) -> ibis.Value:
-    """Local wall-clock time of naive-UTC ``ts`` in IANA ``zone`` (DST aware)."""
-    return _wall_time(zone, _as_utc("UTC", ts))
-
-
 _DAY_US = 86_400_000_000
 
 
-def _local_clock(t: Table) -> Table:
+def _local_clock(t: Table, backend: str) -> Table:
     """Add ``frac_hour`` (0 <= h < 24) and ``weekday`` (0=Mon) on the local clock.
 
-    ``t`` has a naive-UTC ``ts`` and an IANA ``zone``. The zone's UTC offset
-    is computed by the engine (ICU) once per distinct (zone, UTC hour) rather
-    than per event -- offsets only change on whole UTC hours in practice (DST
-    switches of zones with half- or quarter-hour offsets included) -- and
-    the local clock follows with integer arithmetic.
+    ``t`` has a naive-UTC ``ts`` and an IANA ``zone``; ``backend`` is the
+    name of the engine that runs it (:func:`bmkt.engine.wall_time`). The
+    zone's UTC offset is computed by the engine once per distinct (zone, UTC
+    hour) rather than per event -- offsets only change on whole UTC hours in
+    practice (DST switches of zones with half- or quarter-hour offsets
+    included) -- and the local clock follows with integer arithmetic.
     """
-    t = t.mutate(_hour_utc=t.ts.truncate("h"))
+    t = engine.reuse(t.mutate(_hour_utc=t.ts.truncate("h")), backend)
     pairs = t.select("zone", "_hour_utc").distinct()
     pairs = pairs.mutate(
-        _offset_us=_epoch_us(_local_time(pairs._hour_utc, pairs.zone)) - _epoch_us(pairs._hour_utc)
+        _offset_us=engine.wall_time(pairs._hour_utc, pairs.zone, backend).delta(
+            pairs._hour_utc, unit="microsecond"
+        )
     )
     j = t.inner_join(pairs, ["zone", "_hour_utc"])
-    local_us = _epoch_us(j.ts) + j._offset_us
+    local_us = engine.epoch_us(j.ts) + j._offset_us
     day = ibis.literal(_DAY_US, type=dt.int64)
     in_day = ((local_us % day) + day) % day
     day_number = (local_us.cast(dt.float64) / float(_DAY_US)).floor().cast(dt.int64)
@@ -191,13 +175,12 @@ def _local_clock(t: Table) -> Table:
 
 
 def _seconds_between(later: ibis.Value, earlier: ibis.Value) -> ibis.Value:
-    return (_epoch_us(later) - _epoch_us(earlier)).cast(dt.float64) / 1e6
+    return later.delta(earlier, unit="microsecond").cast(dt.float64) / 1e6
 
 
 def _age_days(ts: ibis.Value, end: pd.Timestamp) -> ibis.Value:
     """Days from ``ts`` to the (exclusive) window end."""
-    end_us = int(end.value // 1000)
-    return (ibis.literal(end_us, type=dt.int64) - _epoch_us(ts)).cast(dt.float64) / 86_400e6
+    return _ts_literal(end).delta(ts, unit="microsecond").cast(dt.float64) / 86_400e6
 
 
 def _ts(col: ibis.Value) -> ibis.Value:
@@ -339,6 +322,7 @@ def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> 
         ua_machine=ua_match,
         has_delivery=o.has_delivery.fill_null(False),
     )
+    o = engine.reuse(o, store.con.name)  # read by the evidence and by the labels
 
     # Per-email fast opens (only opens the ESP did not call human), then whether
     # a click on the same email followed within the click window.
@@ -384,6 +368,7 @@ def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> 
         ),
     )
 
+    evidence = engine.reuse(evidence, store.con.name)
     proxy = evidence.select("customer_id", "is_proxy_user")
     lab = o.left_join(proxy, "customer_id")
     lab = lab.select(
@@ -449,8 +434,9 @@ def flag_machine_opens(
         Largest share of fast opens followed by a click a proxy user may
         have (0: never, as a proxy never clicks).
     user_agent_patterns : list of str, optional
-        Regular expressions (RE2 syntax, as the engine runs them) matched
-        against the lower-cased user agent;
+        Regular expressions (RE2 syntax, as DuckDB runs them; Spark runs them
+        as Java regular expressions, which read RE2's common syntax alike)
+        matched against the lower-cased user agent;
         :data:`PROXY_USER_AGENT_PATTERNS` by default. ``[]`` disables the rule.
     as_frame : bool
         Execute and return a pandas DataFrame instead of a lazy Ibis table.
@@ -874,7 +860,7 @@ def preferred_send_time(
     """Preferred local send hour and weekday per customer.
 
     Every human open, click and order before the window end is placed on the
-    customer's local clock (converted by the engine with ICU, daylight saving
+    customer's local clock (converted by the engine, daylight saving
     time included) and weighted: an open ``open_weight`` (1), a click
     ``click_weight`` (2, a deliberate act), an order ``order_weight`` (3,
     the customer was ready to buy). Each event goes to the *nearest* whole
@@ -970,19 +956,19 @@ def preferred_send_time(
     orders = orders.filter(orders.ordered_at < _ts_literal(end))
     opens = labelled if include_machine_opens else labelled.filter(~labelled.is_machine)
     events = (
-        opens.select("customer_id", ts=_ts(opens.occurred_at), w=ibis.literal(float(open_weight)))
+        opens.select("customer_id", ts=_ts(opens.occurred_at), w=engine.float_literal(open_weight))
         .union(
             ev.filter(ev.event_type == "click").select(
-                "customer_id", ts=_ts(ev.occurred_at), w=ibis.literal(float(click_weight))
+                "customer_id", ts=_ts(ev.occurred_at), w=engine.float_literal(click_weight)
             )
         )
         .union(
             orders.select(
-                "customer_id", ts=_ts(orders.ordered_at), w=ibis.literal(float(order_weight))
+                "customer_id", ts=_ts(orders.ordered_at), w=engine.float_literal(order_weight)
             )
         )
     )
-    e = _local_clock(events.inner_join(cust, "customer_id"))
+    e = _local_clock(events.inner_join(cust, "customer_id"), store.con.name)
     e = e.select(
         "customer_id",
         "w",
@@ -990,6 +976,7 @@ def preferred_send_time(
         frac_hour=e.frac_hour,
         weekday=e.weekday,
     )
+    e = engine.reuse(e, store.con.name)  # read by four aggregations below
     angle = e.frac_hour * (2 * math.pi / 24)
     summary = e.group_by("customer_id").aggregate(
         n_events=e.count(),
@@ -1149,7 +1136,7 @@ def category_affinity(
         (web.occurred_at < _ts_literal(end))
         & (web.event_type == "product_view")
         & web.category.notnull()
-    ).select("customer_id", "category", w=ibis.literal(float(view_weight)), is_view=True)
+    ).select("customer_id", "category", w=engine.float_literal(view_weight), is_view=True)
     orders = store.table("orders")
     orders = orders.filter((orders.ordered_at < _ts_literal(end)) & (orders.revenue >= 0))
     lines = store.table("order_lines")
@@ -1157,7 +1144,7 @@ def category_affinity(
     ol = lines.inner_join(orders, "order_id").select(
         orders.customer_id,
         lines.category,
-        w=ibis.literal(float(order_weight)),
+        w=engine.float_literal(order_weight),
         is_view=False,
     )
     u = views.union(ol)

@@ -217,14 +217,9 @@ _KEYS = ["customer_id", "cutoff"]
 _US_PER_DAY = 86_400e6
 
 
-@ibis.udf.scalar.builtin(name="epoch_us")
-def _epoch_us(ts: dt.Timestamp()) -> dt.int64:  # type: ignore[valid-type]
-    """Microseconds since the epoch (DuckDB's ``epoch_us``)."""
-
-
 def _days(later: ibis.Value, earlier: ibis.Value) -> ibis.Value:
-    """Fractional days from ``earlier`` to ``later``."""
-    return (_epoch_us(later) - _epoch_us(earlier)).cast(dt.float64) / _US_PER_DAY
+    """Fractional days from ``earlier`` to ``later`` (exact to the microsecond, any engine)."""
+    return later.delta(earlier, unit="microsecond").cast(dt.float64) / _US_PER_DAY
 
 
 def _count(cond: ibis.Value) -> ibis.Value:
@@ -342,17 +337,25 @@ def _feature_query(store: Store, points: Table, max_end: pd.Timestamp, machine: 
         days_since_last_visit=wage.min(),
         n_categories_viewed=w.category.nunique(where=(et == "product_view")),
     )
-    carts = web.filter(web.event_type == "add_to_cart").select("customer_id", "occurred_at")
-    carts = carts.asof_join(
-        purchases, on=carts.occurred_at <= purchases.purchased_at, predicates="customer_id"
-    ).select("customer_id", "occurred_at", next_purchase_at="purchased_at")
+    # each add's next purchase (at or after it): an equality join on the customer with
+    # the time as a filter, then the first match (portable: Spark has no ASOF join)
+    adds = web.filter(web.event_type == "add_to_cart")
+    carts = adds.group_by("customer_id", "occurred_at").aggregate(n_adds=adds.count())
+    later = carts.inner_join(
+        purchases, ["customer_id", carts.occurred_at <= purchases.purchased_at]
+    )
+    nxt = later.group_by("customer_id", "occurred_at").aggregate(
+        next_purchase_at=later.purchased_at.min()
+    )
+    carts = carts.left_join(nxt, ["customer_id", "occurred_at"]).select(
+        carts.customer_id, carts.occurred_at, carts.n_adds, nxt.next_purchase_at
+    )
     c = P.select(*_KEYS).inner_join(carts, "customer_id")
     cage = _days(c.cutoff, c.occurred_at)
     c = c.filter((cage >= ABANDON_HOURS / 24.0) & (cage < 30))
     wait = _days(c.next_purchase_at, c.occurred_at)
-    cart_agg = c.group_by(_KEYS).aggregate(
-        abandoned_carts_30d=_count(wait.isnull() | (wait >= ABANDON_HOURS / 24.0))
-    )
+    abandoned = (wait.isnull() | (wait >= ABANDON_HOURS / 24.0)).cast(dt.int64)
+    cart_agg = c.group_by(_KEYS).aggregate(abandoned_carts_30d=(abandoned * c.n_adds).sum())
 
     # ---- email: one row per delivered email, with the machine-open evidence
     ev = store.table("email_events")
@@ -398,28 +401,13 @@ def _feature_query(store: Store, points: Table, max_end: pd.Timestamp, machine: 
     )
 
     # ---- campaign responses: was a campaign followed by a purchase, mailed or not?
-    # Campaigns count when sent after signup and RESPONSE_WINDOW_DAYS before the cutoff.
-    # No customers x campaigns product: campaigns are counted from a running total,
+    # Campaigns count when sent after signup and RESPONSE_WINDOW_DAYS before the cutoff:
+    # a range join of the points with the (few) campaigns, counted per point;
     # responses from purchases joined to the campaigns of the preceding window.
     camps = store.table("campaigns").select("campaign_id", "sent_at")
-    per_time = camps.group_by("sent_at").aggregate(n=camps.count())
-    running = per_time.mutate(
-        n_before=per_time.n.sum().over(ibis.window(order_by=per_time.sent_at, rows=(None, 0)))
-    ).select("sent_at", "n_before")  # campaigns sent at or before sent_at
     win = ibis.interval(seconds=int(RESPONSE_WINDOW_DAYS * 86_400))
-    pc = P.mutate(last_send=P.cutoff - win)
-    a1 = pc.asof_join(running, on=pc.last_send > running.sent_at).select(
-        *_KEYS, "created_at", "last_send", n_until_last=running.n_before
-    )
-    r2 = running.view().rename(sent_at2="sent_at", n_before2="n_before")
-    a2 = a1.asof_join(r2, on=a1.created_at > r2.sent_at2).select(
-        *_KEYS, "created_at", "n_until_last", n_until_signup=r2.n_before2
-    )
-    camp_agg = a2.select(
-        *_KEYS,
-        n_campaigns_eligible=a2.n_until_last.fill_null(0) - a2.n_until_signup.fill_null(0),
-    )
-    camp_agg = camp_agg.mutate(n_campaigns_eligible=ibis.greatest(camp_agg.n_campaigns_eligible, 0))
+    ce = P.inner_join(camps, [camps.sent_at >= P.created_at, camps.sent_at < P.cutoff - win])
+    camp_agg = ce.group_by(_KEYS).aggregate(n_campaigns_eligible=ce.count())
     mailed = emails.inner_join(camps, "campaign_id").select(
         "customer_id", "campaign_id", "sent_at", "delivered_at"
     )
@@ -685,7 +673,7 @@ def build_features_at(
     if frame.empty:
         return pd.DataFrame(columns=["customer_id", "cutoff", *FEATURES])
     name = f"_bmkt_points_{uuid.uuid4().hex}"
-    pts = store.con.create_table(name, ibis.memtable(frame), temp=True, overwrite=True)
+    pts = engine.register_table(store.con, name, ibis.memtable(frame))
     try:
         out = _run(store, pts, pd.Timestamp(frame["cutoff"].max()), machine)
     finally:

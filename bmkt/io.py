@@ -1,14 +1,16 @@
 """Loading the contract tables and ingesting them into the embedded store.
 
-Three kinds of source are accepted everywhere a store is expected:
+Four kinds of source are accepted everywhere a store is expected:
 
 * a **folder** holding ``<table>.parquet``, ``<table>.csv`` (``.csv.gz``) or a
   ``<table>/`` folder of (hive-partitioned) Parquet files,
 * a **DuckDB file** (``data/bmkt.duckdb``, as written by :func:`ingest`),
-* a **dict of pandas DataFrames** keyed by table name.
+* a **dict of pandas DataFrames** keyed by table name,
+* an **Ibis connection** (a warehouse, Spark) holding the contract tables.
 
-:func:`open_store` reads any of them lazily: files become DuckDB views, nothing
-is materialised in pandas. :class:`Store` then hands out the tables *as read*
+:func:`open_store` reads any of them lazily: files become views on the
+connection (embedded DuckDB by default, or Spark: :func:`bmkt.engine.connect_spark`),
+nothing is materialised in pandas. :class:`Store` then hands out the tables *as read*
 (:meth:`Store.raw`, what validation inspects) or *conformed* to the contract
 (:meth:`Store.table`: canonical types, UTC timestamps, optional columns added
 as nulls), which is what feature code uses.
@@ -29,6 +31,7 @@ from typing import Any
 import ibis
 import ibis.expr.datatypes as dt
 import pandas as pd
+from ibis.backends import BaseBackend
 from ibis.expr.types import Table
 
 from bmkt import config, engine
@@ -169,6 +172,8 @@ def _find_table_files(folder: Path) -> dict[str, Path]:
 
 def _read_file(con: Any, name: str, path: Path) -> Table:
     if path.is_dir():
+        if con.name != "duckdb":  # Spark reads a folder, discovering hive partitions itself
+            return con.read_parquet(str(path), table_name=name)
         pattern = str(path / "**" / "*.parquet")
         return con.read_parquet(pattern, table_name=name, hive_partitioning=True)
     if path.name.endswith(".parquet"):
@@ -177,20 +182,26 @@ def _read_file(con: Any, name: str, path: Path) -> Table:
 
 
 def open_store(
-    source: str | os.PathLike[str] | Mapping[str, pd.DataFrame] | Store,
+    source: str | os.PathLike[str] | Mapping[str, pd.DataFrame] | Store | BaseBackend,
     con: Any = None,
     *,
     read_only: bool = True,
 ) -> Store:
-    """Open a store from a folder, a DuckDB file or a dict of DataFrames.
+    """Open a store from a folder, a DuckDB file, a dict of DataFrames or a connection.
 
     Parameters
     ----------
-    source : path-like, mapping or Store
-        See the module docstring.
+    source : path-like, mapping, Store or ibis backend
+        See the module docstring. An Ibis connection (a warehouse, Spark,
+        DuckDB) stands for the contract tables already in it, by their names
+        (``customers``, ``orders``, ...; others are ignored).
     con : ibis backend, optional
         Connection to register files or frames on (a new in-memory DuckDB
-        connection by default). Ignored for DuckDB files.
+        connection by default), e.g. Spark's from
+        :func:`bmkt.engine.connect_spark`. Ignored for DuckDB files. Tables
+        are registered under fixed names (``orders``, ``_raw_orders``, ...):
+        a second store of the same kind opened on one connection replaces
+        the first one's tables.
     read_only : bool
         Open a DuckDB file read-only (default).
 
@@ -205,6 +216,10 @@ def open_store(
     """
     if isinstance(source, Store):
         return source
+    if isinstance(source, BaseBackend):
+        present = set(source.list_tables())
+        tables = {n: source.table(n) for n in CONTRACTS if n in present}
+        return Store(con=source, raw_tables=tables, source=f"{source.name} connection")
     if isinstance(source, Mapping):
         con = con if con is not None else engine.connect()
         tables: dict[str, Table] = {}
@@ -228,7 +243,7 @@ def open_store(
                         for c in untyped
                     }
                 )
-            tables[name] = con.create_table(f"_raw_{name}", expr, temp=True, overwrite=True)
+            tables[name] = engine.register_table(con, f"_raw_{name}", expr)
         return Store(con=con, raw_tables=tables, source="DataFrames")
     path = Path(source)
     if not path.exists():

@@ -8,6 +8,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from bmkt import engine
 from bmkt.errors import ConfigError, DataError, ValidationError
 from bmkt.io import fingerprint, ingest, open_store
 from tests.test_validate import make_store
@@ -146,6 +147,19 @@ def test_bad_sources_get_clear_errors(tmp_path: Path) -> None:
         ingest({}, tmp_path / "empty.duckdb")
     with pytest.raises(DataError, match="no contract tables found"):
         ingest({}, tmp_path / "empty.duckdb", validate=False)
+
+
+def test_a_connection_holding_the_tables_is_a_store() -> None:
+    con = engine.connect()
+    for name, frame in make_store().items():
+        con.create_table(name, frame)
+    con.create_table("not_a_contract_table", pd.DataFrame({"a": [1]}))
+    store = open_store(con)
+    assert store.con is con
+    assert store.names == ["customers", "campaigns", "orders", "email_events"]
+    pd.testing.assert_frame_equal(
+        store.table("orders").to_pandas(), open_store(make_store()).table("orders").to_pandas()
+    )
 
 
 def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
