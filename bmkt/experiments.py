@@ -234,7 +234,10 @@ def proportion_test(
     else:
         a1, a0 = (x1 + 1) / (n1s + 2), (x0 + 1) / (n0s + 2)
         center = a1 - a0
-        se = np.sqrt(a1 * (1 - a1) / (n1s + 2) + a0 * (1 - a0) / (n0s + 2))
+        # rows without a valid arm (masked below) must not warn
+        se = np.sqrt(
+            np.maximum(a1 * (1 - a1), 0.0) / (n1s + 2) + np.maximum(a0 * (1 - a0), 0.0) / (n0s + 2)
+        )
     z = stats.norm.ppf(1 - alpha / 2)
     stat, p = _p_from_stat(diff, se_pooled, stats.norm.sf)
     lo, hi = fieller_ratio_ci(p1, v1, p0, v0, z)
