@@ -62,6 +62,11 @@ def cli(verbose: int) -> None:
 @click.option("--campaigns-per-week", type=float, default=1.0, show_default=True)
 @click.option("--no-email", is_flag=True, help="Simulate purchases only (pure BG/NBD store).")
 @click.option(
+    "--dropout-at-first-purchase",
+    is_flag=True,
+    help="Let buyers drop out right after their first order (MBG/NBD) as well.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
@@ -75,6 +80,7 @@ def simulate(
     privacy_proxy_share: float,
     campaigns_per_week: float,
     no_email: bool,
+    dropout_at_first_purchase: bool,
     out: Path,
 ) -> None:
     """Simulate an online store with known ground truth (Parquet tables + truth)."""
@@ -88,6 +94,7 @@ def simulate(
         privacy_proxy_share=privacy_proxy_share,
         campaigns_per_week=campaigns_per_week,
         email=not no_email,
+        dropout_at_first_purchase=dropout_at_first_purchase,
         progress=sys.stderr.isatty(),
     )
     paths = write_store(tables, out)

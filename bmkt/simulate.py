@@ -32,6 +32,13 @@ Purchases (BG/NBD, Fader, Hardie & Lee 2005a)
     purchases before dropout, the buyer makes ``K = min(N, J)`` repeat
     purchases in the window, is alive at the end iff ``J > N`` (probability
     ``exp(-lambda p T)``) and drops out at the ``J``-th purchase otherwise.
+    So under BG/NBD a one-time buyer is alive by construction.
+    With ``dropout_at_first_purchase=True`` the buyer may also drop out right
+    after the first purchase (the MBG/NBD process of Batislam, Denizel &
+    Filiztekin 2007): ``J - 1`` repeat purchases, alive at the end with
+    probability ``(1 - p) exp(-lambda p T)``; in life many one-time buyers
+    never come back, and this is the setting in which a churn model can be
+    judged against the truth on one-time buyers too.
     The ``K`` purchase times are the first ``K`` of ``N`` uniform order
     statistics on the window, drawn from exponential spacings (Devroye 1986,
     ch. V.3) so that only ``K`` numbers are drawn per buyer. Each purchase is
@@ -316,6 +323,9 @@ class SimulationParams:
         day: mean 0.02, one purchase every 50 days while alive.
     a, b : float, default 0.8, 4.0
         BG/NBD dropout probability ``p ~ Beta(a, b)`` (mean 0.17).
+    dropout_at_first_purchase : bool, default False
+        Let buyers drop out at their first purchase too (MBG/NBD) instead of
+        only after repeat purchases (BG/NBD).
     p, q, gamma : float, default 6.0, 4.0, 30.0
         Gamma-Gamma spend: ``nu ~ Gamma(shape=q, scale=1/gamma)``, order value
         ``~ Gamma(shape=p, scale=1/nu)``; mean order value
@@ -400,6 +410,7 @@ class SimulationParams:
     alpha: float = 40.0
     a: float = 0.8
     b: float = 4.0
+    dropout_at_first_purchase: bool = False
     p: float = 6.0
     q: float = 4.0
     gamma: float = 30.0
@@ -500,6 +511,10 @@ class SimulationParams:
             value = getattr(self, name)
             if not _is_real(value) or not value >= 0 or not math.isfinite(value):
                 raise ConfigError(f"Valid values for {name!r} are >= 0. Got {value!r}.")
+        for name in ("dropout_at_first_purchase", "flag_machine_opens"):
+            if not isinstance(getattr(self, name), bool | np.bool_):
+                raise ConfigError(f"Valid values for {name!r} are True or False. "
+                                  f"Got {getattr(self, name)!r}.")
         for name in ("discount_rates",):
             rates = getattr(self, name)
             if len(rates) == 0 or any(not _is_real(v) or not 0 <= v < 1 for v in rates):
@@ -827,6 +842,8 @@ class _Store:
         lam, p = self.lam[buyers], self.dropout_p[buyers]
         n_window = rng.poisson(lam * window)  # arrivals in the window without dropout
         n_before_dropout = rng.geometric(p)  # J: repeat purchases up to and incl. dropout
+        if prm.dropout_at_first_purchase:  # MBG/NBD: the first purchase is one of the J
+            n_before_dropout = n_before_dropout - 1
         k = np.minimum(n_window, n_before_dropout)
         alive = n_before_dropout > n_window
         # first k of n_window uniform order statistics via exponential spacings
@@ -847,6 +864,7 @@ class _Store:
         if has.any():
             last_time = np.maximum.reduceat(times, offsets[has])
             tau[has] = np.where(dropped[has], last_time, np.inf)
+        tau[~has & dropped] = t0[~has & dropped]  # MBG/NBD: gone after the first purchase
         self.t0[buyers] = t0
         self.tau[buyers] = tau
         self.alive = np.zeros(self.n, dtype=bool)

@@ -660,6 +660,31 @@ def test_store_simulator_end_to_end() -> None:
     assert abs(gap) < 4 * se + 0.03 * actual.mean()
 
 
+def test_modified_beta_geo_recovers_a_first_purchase_dropout_world() -> None:
+    """A store where buyers may drop out at the first purchase (MBG/NBD truth).
+
+    MBG/NBD recovers the parameters (daily merging and hour snapping bias them a
+    little, as for BG/NBD above; over seeds 3-5 the estimates were r 0.83-0.88,
+    alpha 43-44, a 0.71-0.74, b 3.4-3.5) and its P(alive) ranks the truly alive
+    far better than BG/NBD's, which calls every one-time buyer alive.
+    """
+    simulate = pytest.importorskip("bmkt.simulate")
+    store = simulate.simulate_store(
+        n_customers=20_000, days=730, seed=3, email=False, web=False,
+        dropout_at_first_purchase=True,
+    )  # fmt: skip
+    s = rfm.summarize(store["orders"], as_of="2024-06-30")
+    truth = store["truth"].set_index("customer_id")
+    mbg = clv.ModifiedBetaGeo().fit(s)
+    prm = simulate.SimulationParams()
+    for name, tol in (("r", 0.15), ("alpha", 0.15), ("a", 0.2), ("b", 0.25)):
+        assert mbg.params_[name] == pytest.approx(getattr(prm, name), rel=tol), name
+    alive = truth.loc[s.index, "alive_at_end"]
+    auc_mbg = roc_auc_score(alive, mbg.p_alive(s))
+    auc_bg = roc_auc_score(alive, clv.BetaGeo().fit(s).p_alive(s))
+    assert auc_mbg > 0.78 and auc_mbg > auc_bg + 0.1
+
+
 # --------------------------------------------------------------------------- #
 # plots
 # --------------------------------------------------------------------------- #

@@ -260,6 +260,32 @@ def test_share_alive_matches_bgnbd_expectation(bg):
     assert (dropped["n_repeat_purchases_simulated"] >= 1).all()
 
 
+def test_dropout_at_first_purchase_follows_mbgnbd():
+    """MBG/NBD: a buyer may also drop out right after the first purchase.
+
+    The share gone at the first purchase is E[p] = a / (a + b); alive at the
+    end with probability (1 - p) exp(-lambda p T) (both from the drawn p, lambda).
+    """
+    t = simulate_store(
+        n_customers=20_000, days=730, seed=11, email=False, web=False,
+        dropout_at_first_purchase=True,
+    )  # fmt: skip
+    s = _buyer_summary(t)
+    prm = SimulationParams()
+    gone_first = (s["n_repeat_purchases_simulated"] == 0) & ~s["alive_at_end"]
+    expected = prm.a / (prm.a + prm.b)
+    n = len(s)
+    assert abs(_z(gone_first.sum(), n * expected, n * expected * (1 - expected))) < 4
+    prob = (1 - s["dropout_p"]) * np.exp(-s["purchase_rate"] * s["dropout_p"] * s["T"])
+    assert abs(_z(s["alive_at_end"].sum(), prob.sum(), (prob * (1 - prob)).sum())) < 4
+    # those gone at the first purchase drop out at it and never buy again
+    assert (s.loc[gone_first, "dropout_at"] == s.loc[gone_first, "min"]).all()
+    assert (s.loc[gone_first, "count"] == 1).all()
+    # the default stays BG/NBD: nobody drops out at the first purchase
+    b = _buyer_summary(simulate_store(n_customers=3000, days=365, seed=2, email=False, web=False))
+    assert not ((b["n_repeat_purchases_simulated"] == 0) & ~b["alive_at_end"]).any()
+
+
 def test_no_purchase_after_dropout(mail):
     orders = mail["orders"]
     pos = orders[orders["revenue"] > 0].merge(mail["truth"][["customer_id", "dropout_at"]])
@@ -616,6 +642,10 @@ def test_web_activity_fades_after_dropout(store):
         ({"n_products": 3}, "Valid values for 'n_products' are integers >= 8. Got 3."),
         ({"audience_share_range": (0.8, 0.2)}, "Valid values for 'audience_share_range'"),
         ({"no_such_param": 1}, r"Got unknown \['no_such_param'\]"),
+        (
+            {"dropout_at_first_purchase": "yes"},
+            "Valid values for 'dropout_at_first_purchase' are True or False. Got 'yes'.",
+        ),
     ],
 )
 def test_bad_arguments_raise_config_error(kwargs, message):
