@@ -67,6 +67,14 @@ def cli(verbose: int) -> None:
     help="Let buyers drop out right after their first order (MBG/NBD) as well.",
 )
 @click.option(
+    "--block-size",
+    type=int,
+    default=1_000_000,
+    show_default=True,
+    help="Above this many customers, simulate and write in blocks (one folder per table) "
+    "so that memory stays that of one block.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
@@ -81,11 +89,29 @@ def simulate(
     campaigns_per_week: float,
     no_email: bool,
     dropout_at_first_purchase: bool,
+    block_size: int,
     out: Path,
 ) -> None:
     """Simulate an online store with known ground truth (Parquet tables + truth)."""
-    from bmkt.simulate import simulate_store, write_store
+    from bmkt.simulate import simulate_store, simulate_to_folder, write_store
 
+    if n_customers > block_size:
+        folders = simulate_to_folder(
+            out,
+            n_customers,
+            block_size=block_size,
+            days=days,
+            seed=seed,
+            end=end,
+            privacy_proxy_share=privacy_proxy_share,
+            campaigns_per_week=campaigns_per_week,
+            email=not no_email,
+            dropout_at_first_purchase=dropout_at_first_purchase,
+            progress=sys.stderr.isatty(),
+        )
+        for name, folder in folders.items():
+            click.echo(f"{name:<13} {folder}")
+        return
     tables = simulate_store(
         n_customers=n_customers,
         days=days,

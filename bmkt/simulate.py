@@ -172,6 +172,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SimulationParams",
     "simulate_store",
+    "simulate_to_folder",
     "write_store",
     "TABLES",
     "TRUTH_COLUMNS",
@@ -702,8 +703,10 @@ class _Store:
         seed: int | None,
         email: bool,
         web: bool,
+        schedule: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.n = n_customers
+        self.schedule = schedule  # (sent day, kind) of the campaigns, when shared
         self.days = days
         self.horizon = float(days)  # exclusive end of the window, in days
         self.start = end + pd.Timedelta(days=1) - pd.Timedelta(days=days)
@@ -889,12 +892,18 @@ class _Store:
         if n_camp == 0:
             self.campaigns = _empty_frame("campaigns")
             return
-        # evenly spread over the window, in the (UTC) morning
-        day = np.floor((np.arange(n_camp) + rng.uniform(0.1, 0.9, n_camp)) * self.days / n_camp)
-        sent = np.sort(
-            np.minimum(day + rng.uniform(7.0, 11.0, n_camp) / 24.0, self.horizon - 1.0 / 24)
-        )
-        kind = (rng.random(n_camp) >= prm.promotional_share).astype(np.int64)
+        if self.schedule is None:  # evenly spread over the window, in the (UTC) morning
+            day = np.floor(
+                (np.arange(n_camp) + rng.uniform(0.1, 0.9, n_camp)) * self.days / n_camp
+            )
+            sent = np.sort(
+                np.minimum(day + rng.uniform(7.0, 11.0, n_camp) / 24.0, self.horizon - 1.0 / 24)
+            )
+            kind = (rng.random(n_camp) >= prm.promotional_share).astype(np.int64)
+            self.schedule = (sent, kind)
+        else:  # another block of the same store: the same campaigns
+            sent, kind = self.schedule
+            n_camp = len(sent)
         sent_ns = self.to_ns(sent)
         dates = pd.DatetimeIndex(sent_ns.view("datetime64[ns]")).strftime("%Y-%m-%d")
         names = [
@@ -1415,12 +1424,28 @@ def simulate_store(
     prm = SimulationParams(
         privacy_proxy_share=privacy_proxy_share, campaigns_per_week=campaigns_per_week, **params
     )
+    tables, _ = _simulate(n_customers, days, end_day, prm, seed, bool(email), bool(web), progress)
+    return tables
+
+
+def _simulate(
+    n_customers: int,
+    days: int,
+    end_day: pd.Timestamp,
+    prm: SimulationParams,
+    seed: Any,
+    email: bool,
+    web: bool,
+    progress: bool,
+    schedule: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[dict[str, pd.DataFrame], tuple[np.ndarray, np.ndarray] | None]:
+    """Run the generation steps; also return the campaign schedule for other blocks."""
     started = time.perf_counter()
     log.info(
         "Simulating %d customers over %d days ending %s (seed=%s, email=%s, web=%s)",
         n_customers, days, end_day.date(), seed, email, web,
     )  # fmt: skip
-    store = _Store(n_customers, days, end_day, prm, seed, bool(email), bool(web))
+    store = _Store(n_customers, days, end_day, prm, seed, email, web, schedule)
     steps = [
         ("customers", store.step_customers),
         ("purchases", store.step_purchases),
@@ -1453,7 +1478,109 @@ def simulate_store(
         time.perf_counter() - started,
         ", ".join(f"{k}={len(v):,}" for k, v in tables.items()),
     )
-    return {name: tables[name] for name in TABLES}
+    return {name: tables[name] for name in TABLES}, store.schedule
+
+
+#: Id columns shifted per block by :func:`simulate_to_folder` (campaigns are shared).
+_BLOCK_IDS = {
+    "customers": ("customer_id",),
+    "orders": ("order_id", "customer_id"),
+    "order_lines": ("order_id",),
+    "web_events": ("customer_id",),
+    "email_events": ("customer_id",),
+    "truth": ("customer_id",),
+}
+
+
+def simulate_to_folder(
+    out_dir: str | os.PathLike[str],
+    n_customers: int,
+    *,
+    block_size: int = 1_000_000,
+    days: int = 730,
+    seed: int = 0,
+    end: str | pd.Timestamp = "2024-06-30",
+    privacy_proxy_share: float = 0.4,
+    campaigns_per_week: float = 1.0,
+    email: bool = True,
+    web: bool = True,
+    progress: bool = False,
+    **params: Any,
+) -> dict[str, Path]:
+    """Simulate a store too large for memory, block by block, into a folder.
+
+    Customers are simulated in independent blocks of ``block_size`` (the
+    model treats customers independently given the campaigns, which all
+    blocks share), each written as soon as it is drawn, so peak memory is
+    that of one block (about 7 GB per million customers with email and web).
+    Ids are shifted per block so that they stay unique; one block gives
+    exactly the tables of :func:`simulate_store` with the same arguments.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Folder to (re)place, atomically as in :func:`write_store`; it gets one
+        folder per table (``orders/part-00000.parquet``, ...) that
+        :func:`bmkt.io.open_store` and ``bmkt ingest`` read as they are.
+    n_customers : int
+        Customers in all.
+    block_size : int, default 1_000_000
+        Customers per block.
+    days, seed, end, privacy_proxy_share, campaigns_per_week, email, web, **params
+        As in :func:`simulate_store`; block ``i > 0`` is seeded from
+        ``(seed, i)``.
+    progress : bool
+        Show a progress bar over the blocks.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        The folder of each table.
+    """
+    from tqdm.auto import tqdm
+
+    n_customers = _check_int("n_customers", n_customers, 1)
+    block_size = _check_int("block_size", block_size, 1)
+    days = _check_int("days", days, 1)
+    seed = _check_int("seed", seed, 0)
+    end_day = _parse_end(end)
+    unknown = sorted(set(params) - set(SimulationParams.field_names()))
+    if unknown:
+        raise ConfigError(
+            f"Valid options for simulation parameters are {list(SimulationParams.field_names())}. "
+            f"Got unknown {unknown}."
+        )
+    prm = SimulationParams(
+        privacy_proxy_share=privacy_proxy_share, campaigns_per_week=campaigns_per_week, **params
+    )
+    sizes = [block_size] * (n_customers // block_size)
+    if n_customers % block_size:
+        sizes.append(n_customers % block_size)
+
+    def fill(tmp: Path) -> dict[str, Path]:
+        schedule = None
+        shift = {"customer_id": 0, "order_id": 0}
+        for i, size in enumerate(tqdm(sizes, desc="blocks", disable=not progress)):
+            block_seed = seed if i == 0 else [seed, i]
+            tables, schedule = _simulate(
+                size, days, end_day, prm, block_seed, bool(email), bool(web), False, schedule
+            )
+            n_orders = int(tables["orders"]["order_id"].max()) if len(tables["orders"]) else 0
+            for name in TABLES:
+                if name == "campaigns" and i > 0:
+                    continue
+                frame = tables.pop(name)
+                for col in _BLOCK_IDS.get(name, ()):
+                    frame[col] = frame[col] + shift[col]
+                folder = tmp / name
+                folder.mkdir(exist_ok=True)
+                frame.to_parquet(folder / f"part-{i:05d}.parquet", index=False)
+                del frame
+            shift["customer_id"] += size
+            shift["order_id"] += n_orders
+        return {name: Path(out_dir) / name for name in TABLES}
+
+    return _write_atomically(out_dir, fill, allowed=lambda p: p.is_dir() or p.suffix == ".parquet")
 
 
 def write_store(
@@ -1490,10 +1617,30 @@ def write_store(
     for name in tables:
         if not name or Path(name).name != name or name.startswith("."):
             raise ConfigError(f"Valid table names are plain file stems. Got {name!r}.")
+
+    def fill(tmp: Path) -> dict[str, Path]:
+        paths = {}
+        for name, frame in tables.items():
+            path = tmp / f"{name}.parquet"
+            frame.to_parquet(path, index=False)
+            paths[name] = out / path.name
+            log.debug("wrote %s (%d rows)", path.name, len(frame))
+        return paths
+
+    return _write_atomically(out, fill, allowed=lambda p: p.is_file() and p.suffix == ".parquet")
+
+
+def _write_atomically(
+    out_dir: str | os.PathLike[str],
+    fill: Any,
+    allowed: Any,
+) -> dict[str, Path]:
+    """Let ``fill(tmp)`` write a store into a temporary folder, then swap it in for ``out_dir``."""
+    out = Path(out_dir)
     if out.exists():
         if not out.is_dir():
             raise ConfigError(f"Valid values for 'out_dir' are folders. Got the file {str(out)!r}.")
-        foreign = sorted(p.name for p in out.iterdir() if p.suffix != ".parquet" or not p.is_file())
+        foreign = sorted(p.name for p in out.iterdir() if not allowed(p))
         if foreign:
             raise ConfigError(
                 f"{str(out)!r} holds files that are not store tables, e.g. {foreign[:5]}; "
@@ -1502,12 +1649,7 @@ def write_store(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        paths = {}
-        for name, frame in tables.items():
-            path = tmp / f"{name}.parquet"
-            frame.to_parquet(path, index=False)
-            paths[name] = out / path.name
-            log.debug("wrote %s (%d rows)", path.name, len(frame))
+        paths = fill(tmp)
         if out.exists():
             backup = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
             os.replace(out, backup)

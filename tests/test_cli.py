@@ -80,3 +80,19 @@ def test_forget_removes_and_reports(tmp_path: Path) -> None:
     assert "orders                   2 rows removed" in out
     code, _, err = run("forget", "--db", str(db))
     assert code == 1 and "give customer ids or --from-file" in err
+
+
+def test_simulate_small_and_in_blocks(tmp_path: Path) -> None:
+    import pandas as pd
+
+    code, out, _ = run("simulate", "--customers", "300", "--days", "60", "--out", str(tmp_path / "a"))
+    assert code == 0 and "orders" in out
+    assert len(pd.read_parquet(tmp_path / "a" / "customers.parquet")) == 300
+    code, out, _ = run(
+        "simulate", "--customers", "300", "--days", "60", "--block-size", "120",
+        "--dropout-at-first-purchase", "--out", str(tmp_path / "b"),
+    )  # fmt: skip
+    assert code == 0
+    assert len(list((tmp_path / "b" / "orders").glob("part-*.parquet"))) == 3
+    truth = pd.read_parquet(tmp_path / "b" / "truth")
+    assert truth["customer_id"].tolist() == list(range(1, 301))

@@ -21,6 +21,7 @@ from bmkt.simulate import (
     TRUTH_COLUMNS,
     SimulationParams,
     simulate_store,
+    simulate_to_folder,
     write_store,
 )
 
@@ -737,3 +738,51 @@ def test_write_store_refuses_to_replace_foreign_folders(small, tmp_path):
     with pytest.raises(ConfigError, match="are folders"):
         write_store(small, f)
     assert isinstance(Path(f), Path)
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def test_simulate_to_folder_one_block_equals_simulate_store(tmp_path):
+    paths = simulate_to_folder(tmp_path / "s", 400, block_size=1000, days=200, seed=4)
+    direct = simulate_store(n_customers=400, days=200, seed=4)
+    for name in TABLES:
+        got = pd.read_parquet(paths[name])
+        pd.testing.assert_frame_equal(got, direct[name], check_dtype=False, obj=name)
+
+
+def test_simulate_to_folder_blocks_share_campaigns_and_keep_ids_unique(tmp_path):
+    from bmkt.io import open_store
+    from bmkt.validate import validate
+
+    out = tmp_path / "big"
+    paths = simulate_to_folder(out, 2500, block_size=1000, days=200, seed=4)
+    assert sorted(p.name for p in paths["orders"].iterdir()) == [
+        "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"
+    ]  # fmt: skip
+    t = {name: pd.read_parquet(paths[name]) for name in TABLES}
+    assert t["customers"]["customer_id"].tolist() == list(range(1, 2501))
+    assert t["truth"]["customer_id"].tolist() == list(range(1, 2501))
+    assert t["orders"]["order_id"].is_unique
+    assert set(t["order_lines"]["order_id"]) <= set(t["orders"]["order_id"])
+    # a block's orders and lines belong to that block's customers
+    own = t["orders"].merge(t["customers"][["customer_id", "created_at"]], on="customer_id")
+    assert len(own) == len(t["orders"]) and (own["ordered_at"] >= own["created_at"]).all()
+    # one campaign table; every block mails from it (customers of every block are mailed)
+    assert len(t["campaigns"]) == round(200 / 7)
+    assert set(t["email_events"]["campaign_id"]) <= set(t["campaigns"]["campaign_id"])
+    mailed = t["email_events"]["customer_id"]
+    assert mailed.min() <= 1000 and mailed.max() > 2000
+    # the blocks differ (own seeds) and the folder reads and validates as a store
+    o = t["orders"]
+    first = o[o.customer_id <= 1000]
+    second = o[(o.customer_id > 1000) & (o.customer_id <= 2000)]
+    assert not np.array_equal(first["revenue"].to_numpy()[:50], second["revenue"].to_numpy()[:50])
+    assert validate(open_store(out), "2024-06-30").ok
+    # rerun replaces the folder atomically; a folder with foreign files is refused
+    simulate_to_folder(out, 1200, block_size=1000, days=30, seed=1, email=False, web=False)
+    assert len(pd.read_parquet(out / "customers")) == 1200
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not store tables"):
+        simulate_to_folder(tmp_path / "other", 10, block_size=5, days=10)
