@@ -56,7 +56,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_scoring import Timing, _PeakRSS, _timed  # noqa: E402
+from bench_scoring import Timing, _PeakRSS, _rss_bytes, _timed  # noqa: E402
 
 import bmkt  # noqa: E402
 from bmkt.io import open_store  # noqa: E402
@@ -95,6 +95,22 @@ def _store(
     return folder
 
 
+class _RSSTrace(_PeakRSS):
+    """RSS samples with their times, for the peaks of the steps inside one call."""
+
+    def _run(self) -> None:
+        self.samples: list[tuple[float, int]] = []
+        while not self._stop.is_set():
+            rss = _rss_bytes()
+            self.samples.append((time.perf_counter(), rss))
+            self.peak = max(self.peak, rss)
+            time.sleep(self.interval)
+
+    def peak_between(self, start: float, end: float) -> float:
+        inside = [rss for t, rss in self.samples if start <= t <= end]
+        return float(max(inside)) if inside else float(self.peak)
+
+
 def _job(folder: Path, out: Path) -> tuple[dict[str, Timing], dict[str, int]]:
     from bmkt.plan import build_plan, load_campaigns
     from bmkt.publish import publish_plan, publish_segments
@@ -104,9 +120,13 @@ def _job(folder: Path, out: Path) -> tuple[dict[str, Timing], dict[str, int]]:
 
     times: dict[str, Timing] = {}
     store, times["open"] = _timed(lambda: open_store(folder))
-    scores, t = _timed(lambda: score_customers(store, AS_OF, churn=True))
+    with _RSSTrace() as trace:
+        start = time.perf_counter()
+        scores = score_customers(store, AS_OF, churn=True)
+    at = start  # score_customers times its own steps, back to back
     for name, seconds in scores.timings.items():
-        times[name] = Timing(seconds, t.peak_mib)
+        times[name] = Timing(seconds, trace.peak_between(at, at + seconds) / 2**20)
+        at += seconds
     assignment, times["segments"] = _timed(lambda: RuleSet.default().assign(scores.table))
 
     def recommend() -> Any:
