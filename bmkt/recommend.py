@@ -1,7 +1,6 @@
 """Item-to-item recommendations from co-purchases and co-views.
 
-:class:`ItemSimilarity` counts, in the engine, how often two products occur
-together:
+:class:`ItemSimilarity` counts how often two products occur together:
 
 * **co-purchase**: the number of customers who bought both (order lines of
   purchases, i.e. orders with ``revenue >= 0``, placed before ``as_of``);
@@ -18,6 +17,11 @@ pairs seen fewer than ``min_support`` times, and the two are combined::
 so scores lie in ``[0, 1]``. The ``top_k`` most similar products of every
 product are kept (ties: smaller product id first).
 
+The engine filters the order lines and product views (one pass each); the
+counts are then sparse matrix products ``X'X`` of the binary basket x
+product (session x product) matrices, so no table of product pairs is ever
+built.
+
 :meth:`ItemSimilarity.recommend` scores candidate products for a customer by
 summing, over the customer's *seeds*, ``weight(seed) * score(seed,
 candidate)``. Seeds are the ``n_seeds`` most recent distinct products the
@@ -28,7 +32,10 @@ e.g. the items of an abandoned cart). Candidates already bought (with
 Customers with too few candidates -- in particular those without history --
 are topped up with the most popular products (most distinct buyers before
 ``as_of``; ties by product id), skipping excluded products; those rows have
-``source == "popular"`` and ``score == 0``.
+``source == "popular"`` and ``score == 0``. Histories and seeds are gathered
+in the engine; the candidate scores are the sparse product of the customer x
+seed weights and the product x product similarities, a chunk of customers at
+a time.
 
 References
 ----------
@@ -47,6 +54,7 @@ from typing import Any
 import ibis
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from ibis.expr.types import Table
 
 from bmkt.errors import ConfigError, NotFittedError
@@ -65,26 +73,192 @@ def _ts(value: pd.Timestamp) -> ibis.Value:
     return ibis.literal(value.to_pydatetime(), type="timestamp")
 
 
-def _cooccurrence(baskets: Table, keys: list[str], min_support: int, prefix: str) -> Table:
-    """Cosine-normalised co-occurrence of products within baskets identified by ``keys``."""
-    a = baskets.select(*keys, item=baskets.product_id)
-    b = baskets.select(**{f"_{k}": baskets[k] for k in keys}, other=baskets.product_id)
-    preds = [a[k] == b[f"_{k}"] for k in keys] + [a.item != b.other]
-    pairs = a.join(b, preds)
-    co = pairs.group_by("item", "other").agg(co=pairs.count())
-    co = co.filter(co.co >= min_support)
-    n = baskets.group_by(pid=baskets.product_id).agg(n=baskets.count())
-    ni = n.select(pid_i=n.pid, n_i=n.n)
-    nj = n.select(pid_j=n.pid, n_j=n.n)
-    co = co.join(ni, co.item == ni.pid_i).join(nj, co.other == nj.pid_j)
-    return co.select(
-        "item",
-        "other",
-        **{
-            f"co_{prefix}": co.co.cast("int64"),
-            f"cos_{prefix}": co.co.cast("float64") / (co.n_i * co.n_j).cast("float64").sqrt(),
-        },
+def _fetch(con: Any, expr: Table) -> dict[str, np.ndarray]:
+    """Run ``expr`` and return its columns as numpy arrays (through Arrow, no pandas frame)."""
+    table = con.to_pyarrow(expr)
+    return {name: table.column(name).to_numpy() for name in table.column_names}
+
+
+def _dense_int_range(values: np.ndarray, n: int) -> tuple[int, int] | None:
+    """``(min, max)`` of integer ``values`` when a lookup table over that range is cheap."""
+    if values.dtype.kind not in "iu" or not len(values):
+        return None
+    lo, hi = int(values.min()), int(values.max())
+    return (lo, hi) if hi - lo < max(4 * n, 1 << 20) else None
+
+
+def _factorize_into(values: np.ndarray, universe: pd.Index) -> np.ndarray:
+    """Positions of ``values`` in ``universe`` (every value must be in it)."""
+    if not len(values):
+        return np.zeros(0, dtype=np.intp)
+    span = _dense_int_range(values, len(values))
+    if span is not None and universe.dtype.kind in "iu":
+        lut = np.full(span[1] - span[0] + 1, -1, dtype=np.intp)
+        inside = (universe >= span[0]) & (universe <= span[1])
+        lut[universe[inside].to_numpy() - span[0]] = np.flatnonzero(inside)
+        return lut[values - span[0]]
+    codes, uniques = pd.factorize(values)
+    return universe.get_indexer(uniques)[codes]
+
+
+def _row_codes(values: np.ndarray) -> np.ndarray:
+    """Row index per customer id: the id's offset when ids are compact integers, else a code."""
+    span = _dense_int_range(values, len(values))
+    if span is not None:
+        return values - span[0]
+    return pd.factorize(values)[0]
+
+
+def _universe(*parts: np.ndarray) -> pd.Index:
+    """Sorted distinct values of ``parts`` (the product code space: code order = id order)."""
+    uniques = [pd.unique(p) for p in parts if len(p)]
+    if not uniques:
+        return pd.Index(parts[0][:0]) if parts else pd.Index([])
+    return pd.Index(np.unique(np.concatenate(uniques)))
+
+
+def _incidence(rows: np.ndarray, cols: np.ndarray, n_cols: int) -> sp.csr_matrix:
+    """Binary basket x product matrix (duplicate pairs count once)."""
+    n_rows = int(rows.max()) + 1 if len(rows) else 0
+    m = sp.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(n_rows, n_cols))
+    m.sum_duplicates()
+    m.data[:] = 1
+    return m
+
+
+def _session_incidence(
+    customers: np.ndarray, days: np.ndarray, products: np.ndarray, n_products: int
+) -> sp.csr_matrix:
+    """Binary view session x product matrix, a session being one customer's calendar day.
+
+    Built as a customer x (day, product) matrix: sorting each customer's row
+    lays its days out in runs, and every run is one session (no hashing of
+    (customer, day) pairs).
+    """
+    if not len(customers):
+        return sp.csr_matrix((0, n_products), dtype=np.int32)
+    rows = _row_codes(customers)
+    d = days.astype("datetime64[D]").astype(np.int64)
+    d -= d.min()
+    by_customer = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.int32), (rows, d * n_products + products)),
+        shape=(int(rows.max()) + 1, (int(d.max()) + 1) * n_products),
     )
+    by_customer.sum_duplicates()  # distinct (customer, day, product), sorted within each row
+    cols = by_customer.indices
+    session = cols // n_products
+    new = np.ones(len(cols), dtype=bool)
+    new[1:] = session[1:] != session[:-1]
+    new[by_customer.indptr[:-1][np.diff(by_customer.indptr) > 0]] = True  # a new customer
+    starts = np.flatnonzero(new)
+    indptr = np.append(starts, len(cols))
+    indices = (cols % n_products).astype(np.int32)
+    return sp.csr_matrix(
+        (np.ones(len(cols), dtype=np.int32), indices, indptr), shape=(len(starts), n_products)
+    )
+
+
+def _cooccurrence(
+    x: sp.csr_matrix, min_support: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cosine-normalised co-occurrence of the columns of a binary basket matrix.
+
+    Returns ``(item, other, count, cosine)`` over the pairs ``item != other``
+    seen in at least ``min_support`` baskets, ``cosine = c(i, j) / sqrt(n(i) n(j))``.
+    """
+    co = (x.T.tocsr() @ x).tocoo()
+    n = np.asarray(x.sum(axis=0), dtype=np.int64).ravel()
+    i, j = co.row.astype(np.int64), co.col.astype(np.int64)
+    count = co.data.astype(np.int64)
+    keep = (i != j) & (count >= min_support)
+    i, j, count = i[keep], j[keep], count[keep]
+    cos = count.astype(np.float64) / np.sqrt((n[i] * n[j]).astype(np.float64))
+    return i, j, count, cos
+
+
+def _group_starts(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start of each run of equal values in ``sorted_keys`` and each element's rank in its run."""
+    n = len(sorted_keys)
+    first = np.ones(n, dtype=bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    starts = np.flatnonzero(first)
+    rank = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))
+    return starts, rank
+
+
+def _top_n_per_row(
+    m: sp.csr_matrix, valid: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The ``n`` largest valid entries of every row (ties: smaller column first).
+
+    Returns ``(row, column, value, rank)`` with ``rank`` 1-based (rank-major order).
+    """
+    counts = np.diff(m.indptr)
+    n_valid = np.bincount(np.repeat(np.arange(m.shape[0]), counts)[valid], minlength=m.shape[0])
+    nonempty = counts > 0
+    starts = m.indptr[:-1][nonempty]
+    seg = counts[nonempty]
+    rows_ne = np.flatnonzero(nonempty)
+    vals = np.where(valid, m.data, -np.inf)
+    cols = m.indices.astype(np.int64)
+    big = np.int64(m.shape[1])
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    for k in range(n):
+        live = n_valid[rows_ne] > k
+        if not live.any():
+            break
+        best = np.maximum.reduceat(vals, starts)
+        is_best = vals == np.repeat(best, seg)
+        col = np.minimum.reduceat(np.where(is_best, cols, big), starts)
+        chosen = is_best & (cols == np.repeat(col, seg))
+        vals[chosen] = -np.inf
+        out.append((rows_ne[live], col[live], best[live], np.full(int(live.sum()), k + 1)))
+    if not out:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0), empty
+    row, col, val, rank = (np.concatenate(parts) for parts in zip(*out, strict=True))
+    return row, col, val, rank
+
+
+#: Customers scored at a time in :meth:`ItemSimilarity.recommend` (bounds memory).
+_CHUNK_ROWS = 65_536
+
+
+def _recommend_rows(
+    seeds: sp.csr_matrix,
+    similar: sp.csr_matrix,
+    excluded: sp.csr_matrix,
+    start: int,
+    n: int,
+    exact_pattern: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``n`` candidates of the customers ``start:start + _CHUNK_ROWS``."""
+    stop = min(start + _CHUNK_ROWS, seeds.shape[0])
+    s = seeds[start:stop]
+    scores = s @ similar
+    if exact_pattern:  # the product drops zero sums: rebuild the candidate pattern apart
+        ones_s = sp.csr_matrix((np.ones(s.nnz), s.indices, s.indptr), shape=s.shape)
+        ones_m = sp.csr_matrix(
+            (np.ones(similar.nnz), similar.indices, similar.indptr), shape=similar.shape
+        )
+        pattern = ones_s @ ones_m
+        pattern.sort_indices()
+        scores.sort_indices()
+        n_cols = similar.shape[1]
+        key_p = np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr)) * n_cols
+        key_s = np.repeat(np.arange(scores.shape[0]), np.diff(scores.indptr)) * n_cols
+        values = np.zeros(pattern.nnz)
+        values[np.searchsorted(key_p + pattern.indices, key_s + scores.indices)] = scores.data
+        scores = sp.csr_matrix((values, pattern.indices, pattern.indptr), shape=pattern.shape)
+    marker = sp.csr_matrix(
+        (np.arange(1, scores.nnz + 1, dtype=np.float64), scores.indices, scores.indptr),
+        shape=scores.shape,
+    )
+    hit = excluded[start:stop].multiply(marker).tocsr()
+    valid = np.ones(scores.nnz, dtype=bool)
+    valid[hit.data.astype(np.int64) - 1] = False
+    row, col, val, rank = _top_n_per_row(scores, valid, n)
+    return row + start, col, val, rank
 
 
 class ItemSimilarity:
@@ -191,58 +365,72 @@ class ItemSimilarity:
         self.store_ = store if isinstance(store, Store) else open_store(store)
         self.as_of_ = parse_as_of(as_of)
         con = self.store_.con
-
-        buys = self._purchases()
-        baskets = buys.select("customer_id", "product_id").distinct()
-        sim = _cooccurrence(baskets, ["customer_id"], self.min_support, "purchases")
-        if self.view_weight > 0:
-            views = self._views()
-            sessions = views.select(
-                "customer_id", "product_id", view_day=views.at.date()
-            ).distinct()
-            vsim = _cooccurrence(sessions, ["customer_id", "view_day"], self.min_support, "views")
-            vsim = vsim.select(
-                v_item=vsim.item,
-                v_other=vsim.other,
-                co_views=vsim.co_views,
-                cos_views=vsim.cos_views,
-            )
-            j = sim.outer_join(vsim, (sim.item == vsim.v_item) & (sim.other == vsim.v_other))
-            sim = j.select(
-                item=ibis.coalesce(j.item, j.v_item),
-                other=ibis.coalesce(j.other, j.v_other),
-                co_purchases=j.co_purchases.fill_null(0),
-                co_views=j.co_views.fill_null(0),
-                cos_purchases=j.cos_purchases.fill_null(0.0),
-                cos_views=j.cos_views.fill_null(0.0),
-            )
-        else:
-            sim = sim.mutate(co_views=ibis.literal(0, "int64"), cos_views=ibis.literal(0.0))
         w = float(self.view_weight)
-        scored = sim.mutate(score=(sim.cos_purchases + w * sim.cos_views) / (1.0 + w))
-        rank = ibis.row_number().over(
-            group_by=scored.item, order_by=[ibis.desc(scored.score), scored.other]
+
+        # co-occurrences as sparse products X'X of binary basket x product matrices
+        # (one pass over the order lines and the product views, no pair explosion in SQL)
+        buys = _fetch(con, self._purchases().select("customer_id", "product_id"))
+        views: dict[str, np.ndarray] = {}
+        if w > 0:
+            v = self._views()
+            views = _fetch(con, v.select("customer_id", "product_id", view_day=v.at.date()))
+        universe = _universe(buys["product_id"], *([views["product_id"]] if views else []))
+        n_products = len(universe)
+        baskets = _incidence(
+            _row_codes(buys.pop("customer_id")),
+            _factorize_into(buys.pop("product_id"), universe),
+            n_products,
         )
-        top = scored.mutate(_rank=rank)
-        top = top.filter(top._rank < self.top_k).select(
-            product_id=top.item,
-            similar_product_id=top.other,
-            score=top.score,
-            co_purchases=top.co_purchases.cast("int64"),
-            co_views=top.co_views.cast("int64"),
+        del buys
+        i, j, co_p, cos_p = _cooccurrence(baskets, self.min_support)
+        n_buyers = np.asarray(baskets.sum(axis=0), dtype=np.int64).ravel()
+        del baskets
+        if w > 0:
+            sessions = _session_incidence(
+                views.pop("customer_id"),
+                views.pop("view_day"),
+                _factorize_into(views.pop("product_id"), universe),
+                n_products,
+            )
+            del views
+            vi, vj, co_v, cos_v = _cooccurrence(sessions, self.min_support)
+            del sessions
+            # outer join of the two pair sets on (item, other)
+            kp, kv = i * n_products + j, vi * n_products + vj
+            keys = np.union1d(kp, kv)
+            at_p, at_v = np.searchsorted(keys, kp), np.searchsorted(keys, kv)
+            i, j = keys // n_products, keys % n_products
+            co_purchases = np.zeros(len(keys), dtype=np.int64)
+            co_purchases[at_p] = co_p
+            co_views = np.zeros(len(keys), dtype=np.int64)
+            co_views[at_v] = co_v
+            cos_purchases = np.zeros(len(keys))
+            cos_purchases[at_p] = cos_p
+            cos_views = np.zeros(len(keys))
+            cos_views[at_v] = cos_v
+        else:
+            co_purchases, cos_purchases = co_p, cos_p
+            co_views, cos_views = np.zeros(len(i), dtype=np.int64), np.zeros(len(i))
+        score = (cos_purchases + w * cos_views) / (1.0 + w)
+        # the top_k of every product: score descending, then smaller similar product id
+        order = np.lexsort((j, -score, i))
+        _, rank = _group_starts(i[order])
+        order = order[rank < self.top_k]
+        products = universe.to_numpy()
+        self.similar_items_ = pd.DataFrame(
+            {
+                "product_id": products[i[order]],
+                "similar_product_id": products[j[order]],
+                "score": score[order],
+                "co_purchases": co_purchases[order],
+                "co_views": co_views[order],
+            }
         )
-        items = con.execute(top)
-        self.similar_items_ = items.sort_values(
-            ["product_id", "score", "similar_product_id"],
-            ascending=[True, False, True],
-            kind="stable",
-        ).reset_index(drop=True)
-        pop = baskets.group_by("product_id").agg(n_buyers=baskets.count())
-        pop = con.execute(pop)
-        pop["n_buyers"] = pop["n_buyers"].astype("int64")
-        self.popularity_ = pop.sort_values(
-            ["n_buyers", "product_id"], ascending=[False, True], kind="stable"
-        ).reset_index(drop=True)
+        bought = np.flatnonzero(n_buyers > 0)
+        bought = bought[np.lexsort((bought, -n_buyers[bought]))]
+        self.popularity_ = pd.DataFrame(
+            {"product_id": products[bought], "n_buyers": n_buyers[bought]}
+        )
         log.info(
             "item similarity: %d pairs over %d products (%d purchased)",
             len(self.similar_items_),
@@ -302,74 +490,111 @@ class ItemSimilarity:
             return self._empty()
         con = self.store_.con
         id_type = self.store_.table("orders").customer_id.type()
-        wanted = ibis.memtable(pd.DataFrame({"want_id": ids.to_numpy()})).select(
-            want_id=ibis._.want_id.cast(id_type)
+        product_type = self.store_.table("order_lines").product_id.type()
+        wanted = ibis.memtable(
+            pd.DataFrame({"want_id": ids.to_numpy(), "_pos": np.arange(len(ids), dtype=np.int64)})
         )
+        wanted = wanted.select(want_id=wanted.want_id.cast(id_type), _pos=wanted._pos)
+        # the ids as the store spells them (output ids of "similar" rows)
+        engine_ids = con.to_pyarrow(wanted.order_by("_pos")).column("want_id").to_pandas()
+        explicit = self._explicit_seeds(seed_products, ids)
 
+        # history in the engine: every (customer, product) bought or viewed before as_of,
+        # its last time, and whether it is among the customer's n_seeds most recent
         buys = self._purchases()
-        buys = buys.join(wanted, buys.customer_id == wanted.want_id).select(
-            "customer_id", "product_id", "at"
-        )
-        bought = buys.group_by("customer_id", "product_id").agg(at=buys.at.max())
-        events = bought.mutate(weight=ibis.literal(1.0))
+        buys = buys.join(wanted, buys.customer_id == wanted.want_id)
+        bought = buys.group_by("_pos", "product_id").agg(at=buys.at.max())
+        events = bought.mutate(_bought=ibis.literal(True))
         if self.view_weight > 0:
             views = self._views()
             views = views.join(wanted, views.customer_id == wanted.want_id)
-            viewed = views.group_by("customer_id", "product_id").agg(at=views.at.max())
+            viewed = views.group_by("_pos", "product_id").agg(at=views.at.max())
             viewed = viewed.anti_join(
-                bought,
-                (viewed.customer_id == bought.customer_id)
-                & (viewed.product_id == bought.product_id),
+                bought, (viewed._pos == bought._pos) & (viewed.product_id == bought.product_id)
             )
-            events = events.union(viewed.mutate(weight=ibis.literal(float(self.view_weight))))
-        order = ibis.row_number().over(
-            group_by=events.customer_id, order_by=[ibis.desc(events.at), events.product_id]
+            events = events.union(viewed.mutate(_bought=ibis.literal(False)))
+        recency = ibis.row_number().over(
+            group_by=events._pos, order_by=[ibis.desc(events.at), events.product_id]
         )
-        seeds = events.mutate(_r=order)
-        seeds = seeds.filter(seeds._r < self.n_seeds).select("customer_id", "product_id", "weight")
+        events = events.mutate(_seed=recency < self.n_seeds)
+        if not exclude_purchased:  # bought pairs beyond the seeds are not needed
+            events = events.filter(events._seed)
+        hist = _fetch(con, events.select("_pos", "product_id", "_bought", "_seed"))
 
-        explicit = self._explicit_seeds(seed_products, ids)
+        # product codes: position in the sorted ids of every product in play
+        sims = self.similar_items_
+        pop_products = self.popularity_["product_id"].to_numpy()
+        ex_products = np.zeros(0)
         if len(explicit):
-            ex = ibis.memtable(explicit.assign(weight=float(seed_weight)))
-            ex = ex.select(
-                customer_id=ex.customer_id.cast(id_type),
-                product_id=ex.product_id.cast(seeds.product_id.type()),
-                weight=ex.weight,
-            )
-            seeds = seeds.union(ex)
+            ex = ibis.memtable(explicit[["product_id"]].reset_index(drop=True))
+            ex_products = _fetch(con, ex.select(product_id=ex.product_id.cast(product_type)))[
+                "product_id"
+            ]
+        universe = _universe(
+            sims["product_id"].to_numpy(),
+            sims["similar_product_id"].to_numpy(),
+            pop_products,
+            hist["product_id"],
+            ex_products,
+        )
+        n_products, n_rows = len(universe), len(ids)
+        products = universe.to_numpy()
+        h_row, h_prod = hist["_pos"], _factorize_into(hist["product_id"], universe)
+        seed = hist["_seed"]
+        seed_w = np.where(hist["_bought"][seed], 1.0, float(self.view_weight))
+        ex_row = ids.get_indexer(explicit["customer_id"]) if len(explicit) else np.zeros(0, int)
+        ex_prod = _factorize_into(ex_products, universe)
+        weights = np.concatenate([seed_w, np.full(len(ex_row), float(seed_weight))])
+        seeds = sp.csr_matrix(
+            (
+                weights,
+                (np.concatenate([h_row[seed], ex_row]), np.concatenate([h_prod[seed], ex_prod])),
+            ),
+            shape=(n_rows, n_products),
+        )
+        similar = sp.csr_matrix(
+            (
+                sims["score"].to_numpy(dtype=float),
+                (
+                    _factorize_into(sims["product_id"].to_numpy(), universe),
+                    _factorize_into(sims["similar_product_id"].to_numpy(), universe),
+                ),
+            ),
+            shape=(n_products, n_products),
+        )
+        owned = hist["_bought"] if exclude_purchased else np.zeros(len(h_row), dtype=bool)
+        o_row = np.concatenate([h_row[owned], ex_row])
+        o_prod = np.concatenate([h_prod[owned], ex_prod])
+        excluded = sp.csr_matrix(
+            (np.ones(len(o_row), dtype=np.int8), (o_row, o_prod)), shape=(n_rows, n_products)
+        )
+        excluded.data[:] = 1
+        # scores: seeds x similarities, summed per (customer, candidate); zero-weight seeds
+        # still make candidates, so then the pattern is computed apart from the values
+        exact_pattern = not (weights > 0).all()
+        found = [
+            _recommend_rows(seeds, similar, excluded, start, n, exact_pattern)
+            for start in range(0, n_rows, _CHUNK_ROWS)
+        ]
+        row, col, score, rank = (np.concatenate(parts) for parts in zip(*found, strict=True))
+        recs = pd.DataFrame(
+            {
+                "customer_id": engine_ids.to_numpy()[row],
+                "rank": rank,
+                "product_id": products[col],
+                "score": score,
+                "source": "similar",
+            }
+        )
 
-        sims = self.similar_items_[["product_id", "similar_product_id", "score"]]
-        sim_t = ibis.memtable(sims.rename(columns={"product_id": "seed_id"}))
-        sim_t = sim_t.select(
-            seed_id=sim_t.seed_id.cast(seeds.product_id.type()),
-            similar_product_id=sim_t.similar_product_id.cast(seeds.product_id.type()),
-            score=sim_t.score.cast("float64"),
-        )
-        cand = seeds.join(sim_t, seeds.product_id == sim_t.seed_id)
-        cand = cand.group_by("customer_id", product_id=cand.similar_product_id).agg(
-            score=(cand.weight * cand.score).sum()
-        )
-        if exclude_purchased:
-            cand = cand.anti_join(
-                bought,
-                (cand.customer_id == bought.customer_id) & (cand.product_id == bought.product_id),
-            )
-        if len(explicit):
-            cand = cand.anti_join(
-                ex, (cand.customer_id == ex.customer_id) & (cand.product_id == ex.product_id)
-            )
-        rank = ibis.row_number().over(
-            group_by=cand.customer_id, order_by=[ibis.desc(cand.score), cand.product_id]
-        )
-        cand = cand.mutate(rank=rank + 1)
-        cand = cand.filter(cand["rank"] <= n)
-        recs = con.execute(cand.select("customer_id", "rank", "product_id", "score"))
-        recs["source"] = "similar"
-
-        have = recs.groupby("customer_id").size().reindex(ids, fill_value=0)
-        short = have[have < n]
+        have = np.bincount(row, minlength=n_rows)
+        short = np.flatnonzero(have < n)
         if len(short):
-            fill = self._popular_fill(short, recs, bought, explicit, n, exclude_purchased)
+            taken_row = np.concatenate([row, ex_row, h_row[owned]])
+            taken_prod = np.concatenate([col, ex_prod, h_prod[owned]])
+            fill = self._popular_fill(
+                ids, short, have, taken_row, taken_prod, universe, pop_products, n
+            )
             recs = pd.concat([f for f in (recs, fill) if len(f)] or [fill], ignore_index=True)
         recs["rank"] = recs["rank"].astype("int64")
         recs["score"] = recs["score"].astype(float)
@@ -420,42 +645,55 @@ class ItemSimilarity:
         pairs = pairs.dropna()
         return pairs[pairs["customer_id"].isin(ids)].drop_duplicates().reset_index(drop=True)
 
+    @staticmethod
     def _popular_fill(
-        self,
-        short: pd.Series,
-        recs: pd.DataFrame,
-        bought: Table,
-        explicit: pd.DataFrame,
+        ids: pd.Index,
+        short: np.ndarray,
+        have: np.ndarray,
+        taken_row: np.ndarray,
+        taken_prod: np.ndarray,
+        universe: pd.Index,
+        pop_products: np.ndarray,
         n: int,
-        exclude_purchased: bool,
     ) -> pd.DataFrame:
-        """Top up customers with fewer than ``n`` recommendations from popularity."""
-        taken: dict[Any, set[Any]] = {c: set() for c in short.index}
-        for c, p in recs[["customer_id", "product_id"]].itertuples(index=False):
-            if c in taken:
-                taken[c].add(p)
-        for c, p in explicit.itertuples(index=False):
-            if c in taken:
-                taken[c].add(p)
-        if exclude_purchased:
-            need = ibis.memtable(pd.DataFrame({"need_id": short.index.to_numpy()}))
-            need = need.select(need_id=need.need_id.cast(bought.customer_id.type()))
-            owned = bought.join(need, bought.customer_id == need.need_id)
-            owned = self.store_.con.execute(owned.select("customer_id", "product_id"))
-            for c, p in owned.itertuples(index=False):
-                taken[c].add(p)
-        popular = self.popularity_["product_id"].tolist()
-        rows = []
-        for c, have in short.items():
-            rank = int(have)
-            for p in popular:
-                if rank >= n:
-                    break
-                if p in taken[c]:
-                    continue
-                rank += 1
-                rows.append((c, rank, p, 0.0, "popular"))
-        return pd.DataFrame(rows, columns=list(RECOMMEND_COLUMNS))
+        """Top up customers with fewer than ``n`` recommendations from popularity.
+
+        ``short`` are positions in ``ids``; ``taken_row``/``taken_prod`` the
+        (position, product code) pairs a customer may not get (already
+        recommended, explicit seeds, owned).
+        """
+        n_products = len(universe)
+        is_short = np.zeros(len(ids), dtype=bool)
+        is_short[short] = True
+        keep = is_short[taken_row]
+        taken = np.unique(taken_row[keep].astype(np.int64) * n_products + taken_prod[keep])
+        n_taken = np.bincount(taken // n_products, minlength=len(ids))
+        need = n - have[short]
+        # the first need + (taken) popular products always hold enough untaken ones
+        length = np.minimum(len(pop_products), need + n_taken[short])
+        group = np.repeat(np.arange(len(short)), length)
+        offset = np.cumsum(length) - length
+        j = np.arange(len(group)) - np.repeat(offset, length)
+        key = (
+            short[group].astype(np.int64) * n_products + _factorize_into(pop_products, universe)[j]
+        )
+        free = ~np.isin(key, taken, assume_unique=True)
+        counted = np.cumsum(free)
+        first = offset[length > 0]
+        before = np.repeat(counted[first] - free[first], length[length > 0])
+        k = counted - before  # 1-based number of the free product within its customer
+        take = free & (k <= need[group])
+        if not take.any():
+            return pd.DataFrame([], columns=list(RECOMMEND_COLUMNS))
+        return pd.DataFrame(
+            {
+                "customer_id": ids.to_numpy()[short[group[take]]],
+                "rank": have[short][group[take]] + k[take],
+                "product_id": pop_products[j[take]],
+                "score": 0.0,
+                "source": "popular",
+            }
+        )
 
     def __repr__(self) -> str:
         return (
