@@ -449,10 +449,11 @@ def post_purchase(
         buys.ordered_at >= _ts(start), buys.ordered_at < _ts(start + pd.Timedelta(days=1))
     )
     lines = store.table("order_lines")
-    cats = lines.filter(lines.category.notnull()).select(
-        line_order=lines.order_id, category=lines.category
+    # only the lines of that day's orders, before the distinct
+    lines = lines.filter(lines.category.notnull()).semi_join(
+        day_orders, lines.order_id == day_orders.order_id
     )
-    cats = cats.distinct()
+    cats = lines.select(line_order=lines.order_id, category=lines.category).distinct()
     j = day_orders.left_join(cats, day_orders.order_id == cats.line_order)
     rows = _execute(store, j.select("customer_id", "order_id", "ordered_at", "revenue", "category"))
     orders = rows.drop_duplicates("order_id").sort_values(["customer_id", "ordered_at", "order_id"])
@@ -511,19 +512,26 @@ def reengagement(
         cust.email_status == "subscribed", cust.email_consent.fill_null(False)
     ).select("customer_id")
     ee = store.table("email_events")
-    ee = ee.filter(ee.occurred_at < _ts(ck.end), ee.customer_id.notnull())
-    got = ee.filter(ee.event_type.isin(RECEIVED_EVENTS), ee.occurred_at >= since)
-    got = got.group_by(receiver=got.customer_id).agg(
-        emails_received=got.campaign_id.nunique(), last_email_at=got.occurred_at.max()
+    # One pass over the email events, one row per customer: what was received
+    # in the window, and the last human engagement ever.
+    ee = ee.filter(
+        ee.occurred_at < _ts(ck.end),
+        ee.customer_id.notnull(),
+        ee.event_type.isin(ENGAGED_EVENTS)
+        | (ee.event_type.isin(RECEIVED_EVENTS) & (ee.occurred_at >= since)),
     )
-    human = ee.filter(ee.event_type.isin(ENGAGED_EVENTS))
+    received = ee.event_type.isin(RECEIVED_EVENTS)
+    engaged = ee.event_type.isin(ENGAGED_EVENTS)
     if exclude_machine:
-        machine = (human.event_type == "open") & human.machine_open.fill_null(False)
-        human = human.filter(~machine)
-    human = human.group_by(engager=human.customer_id).agg(last_engaged_at=human.occurred_at.max())
+        engaged = engaged & ~((ee.event_type == "open") & ee.machine_open.fill_null(False))
+    per = ee.group_by(receiver=ee.customer_id).agg(
+        emails_received=ee.campaign_id.nunique(where=received),
+        last_email_at=ee.occurred_at.max(where=received),
+        last_engaged_at=ee.occurred_at.max(where=engaged),
+    )
+    got = per.filter(per.emails_received > 0)
     j = mailable.join(got, mailable.customer_id == got.receiver)
     j = j.filter(j.emails_received >= min_emails)
-    j = j.left_join(human, j.customer_id == human.engager)
     j = j.filter(j.last_engaged_at.isnull() | (j.last_engaged_at < since))
     rows = _execute(
         store,
