@@ -97,7 +97,13 @@ from threadpoolctl import threadpool_limits
 
 from bmkt import engine
 from bmkt.errors import ConfigError, DataError, ModelError, NotFittedError
-from bmkt.features import FEATURES, as_of_for_end, build_features_before, cutoff_end
+from bmkt.features import (
+    FEATURES,
+    as_of_for_end,
+    build_features_before,
+    build_features_before_many,
+    cutoff_end,
+)
 from bmkt.io import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -544,12 +550,33 @@ class OutcomeModel(BaseEstimator):
             )
 
     # -- data -------------------------------------------------------------------
-    def _features(self, store: Store, end: pd.Timestamp) -> pd.DataFrame:
-        return build_features_before(store, end, machine_open_params=self.machine_open_params)
+    def _features(
+        self, store: Store, end: pd.Timestamp, features: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
+        """The features at ``end``: built, or ``features`` checked when given."""
+        if features is None:
+            return build_features_before(store, end, machine_open_params=self.machine_open_params)
+        if not isinstance(features, pd.DataFrame):
+            raise ConfigError(
+                f"features: expected a pandas DataFrame from bmkt.features, "
+                f"got {type(features).__name__}."
+            )
+        cutoff = features.attrs.get("cutoff")
+        if cutoff is not None and pd.Timestamp(cutoff) != end:
+            raise ConfigError(
+                f"features: built at cutoff {cutoff} but {type(self).__name__} needs the "
+                f"features at {end.isoformat()}."
+            )
+        missing = [f for f in FEATURES if f not in features.columns]
+        if missing:
+            raise ConfigError(f"features: lacks column(s) {missing}; build it with bmkt.features.")
+        return features
 
-    def _training_data(self, store: Store, end: pd.Timestamp) -> tuple[pd.DataFrame, pd.Series]:
+    def _training_data(
+        self, store: Store, end: pd.Timestamp, features: pd.DataFrame | None = None
+    ) -> tuple[pd.DataFrame, pd.Series]:
         self._check_label_window(store, end)
-        X, y = self._labels(store, end, self._features(store, end))
+        X, y = self._labels(store, end, self._features(store, end, features))
         return X, y.astype("int64")
 
     # -- fitting ------------------------------------------------------------------
@@ -616,7 +643,7 @@ class OutcomeModel(BaseEstimator):
         )  # fmt: skip
         return self
 
-    def fit(self, store: Any, cutoff: object) -> OutcomeModel:
+    def fit(self, store: Any, cutoff: object, features: pd.DataFrame | None = None) -> OutcomeModel:
         """Build features at ``cutoff`` and labels from the horizon after it, and fit.
 
         Parameters
@@ -626,6 +653,11 @@ class OutcomeModel(BaseEstimator):
         cutoff : date-like
             Run date (:func:`bmkt.schema.parse_as_of`): features use the data
             through that day, labels the ``horizon_days`` after it.
+        features : pandas.DataFrame, optional
+            The features at ``cutoff`` already built (by
+            :func:`bmkt.features.build_features` or
+            :func:`~bmkt.features.build_features_before_many`, with the same
+            ``machine_open_params``), to share one build between models.
 
         Returns
         -------
@@ -638,14 +670,18 @@ class OutcomeModel(BaseEstimator):
             the label horizon does.
         ModelError
             If the label has a single class (the message gives both counts).
+        ConfigError
+            If ``features`` was built at another cutoff or lacks features.
         """
         self._check_params()
         store = open_store(store)
-        return self._fit_end(store, cutoff_end(cutoff))
+        return self._fit_end(store, cutoff_end(cutoff), features)
 
-    def _fit_end(self, store: Store, end: pd.Timestamp) -> OutcomeModel:
+    def _fit_end(
+        self, store: Store, end: pd.Timestamp, features: pd.DataFrame | None = None
+    ) -> OutcomeModel:
         self._check_params()
-        X, y = self._training_data(store, end)
+        X, y = self._training_data(store, end, features)
         return self._fit_xy(X, y, end)
 
     # -- prediction -----------------------------------------------------------------
@@ -660,12 +696,16 @@ class OutcomeModel(BaseEstimator):
         with _threads(getattr(self, "n_threads", None)):
             return self.model_.predict_proba(X[self.features_].to_numpy(dtype="float64"))[:, 1]
 
-    def _predict_end(self, store: Store, end: pd.Timestamp) -> pd.DataFrame:
-        X = self._population(store, end, self._features(store, end))
+    def _predict_end(
+        self, store: Store, end: pd.Timestamp, features: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
+        X = self._population(store, end, self._features(store, end, features))
         p = self._predict_frame(X) if len(X) else np.array([], dtype="float64")
         return pd.DataFrame({"customer_id": X.index.to_numpy(), self.target: p})
 
-    def predict_proba(self, store: Any, as_of: object) -> pd.DataFrame:
+    def predict_proba(
+        self, store: Any, as_of: object, features: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
         """Score the customers at ``as_of``.
 
         Parameters
@@ -674,6 +714,8 @@ class OutcomeModel(BaseEstimator):
             Anything :func:`bmkt.io.open_store` accepts.
         as_of : date-like
             Run date; features use the data through that day.
+        features : pandas.DataFrame, optional
+            The features at ``as_of`` already built (see :meth:`fit`).
 
         Returns
         -------
@@ -682,11 +724,13 @@ class OutcomeModel(BaseEstimator):
             per scored customer, sorted by ``customer_id``.
         """
         self._check_fitted()
-        return self._predict_end(open_store(store), cutoff_end(as_of))
+        return self._predict_end(open_store(store), cutoff_end(as_of), features)
 
-    def score(self, store: Any, as_of: object) -> pd.DataFrame:  # type: ignore[override]
+    def score(  # type: ignore[override]
+        self, store: Any, as_of: object, features: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
         """Alias of :meth:`predict_proba` (bmkt's "score the customers")."""
-        return self.predict_proba(store, as_of)
+        return self.predict_proba(store, as_of, features)
 
     # -- backtest ---------------------------------------------------------------------
     def backtest(self, store: Any, as_of: object, n_bins: int = 10) -> Backtest:
@@ -720,8 +764,12 @@ class OutcomeModel(BaseEstimator):
         h = self._horizon()
         t_train, t_eval = t - 2 * h, t - h
 
-        first = clone(self)._fit_end(store, t_train)
-        X_eval, y_eval = self._training_data(store, t_eval)
+        self._check_label_window(store, t_train)  # before building anything
+        feats = build_features_before_many(
+            store, [t_train, t_eval, t], machine_open_params=self.machine_open_params
+        )
+        first = clone(self)._fit_end(store, t_train, feats[t_train])
+        X_eval, y_eval = self._training_data(store, t_eval, feats[t_eval])
         p_eval = first._predict_frame(X_eval)
         base_score, base_prob, base_name = self._baseline(store, t_eval, X_eval)
         ev = pd.DataFrame(
@@ -771,7 +819,7 @@ class OutcomeModel(BaseEstimator):
                  "model": m_model, "baseline_metrics": m_base}
             )
         }  # fmt: skip
-        scores = final._predict_end(store, t)
+        scores = final._predict_end(store, t, feats[t])
         log.info(
             "%s backtest at %s: AUC %.3f (baseline %s %.3f), top-decile lift %.2f (%.2f)",
             type(self).__name__, t, m_model["roc_auc"], base_name, m_base["roc_auc"],

@@ -318,17 +318,23 @@ def _behavior_scores(
     purchase_horizon_days: int,
     random_state: int | None = 0,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Train churn and purchase models on the past and score everyone at as_of."""
+    """Train churn and purchase models on the past and score everyone at as_of.
+
+    The features of every cutoff (each model's training cutoff, and as_of for
+    scoring with both) are built once, in one engine query, and shared.
+    """
     from bmkt.errors import BmktError
 
     fitted: dict[str, Any] = {}
     try:
         from bmkt.churn import ChurnModel
+        from bmkt.features import build_features_before_many, cutoff_end
         from bmkt.propensity import PurchasePropensity
     except ImportError:  # pragma: no cover - modules ship with the package
         log.warning("churn models unavailable; churn_risk not scored")
         return table, fitted
     end = parse_as_of(as_of)
+    jobs = []
     for name, model, column in (
         (
             "churn",
@@ -342,9 +348,17 @@ def _behavior_scores(
         ),
     ):
         cutoff = (end - pd.Timedelta(days=model.horizon_days) - pd.Timedelta(days=1)).date()
+        jobs.append((name, model, column, cutoff))
+    try:
+        ends = [cutoff_end(cutoff) for *_, cutoff in jobs] + [end]
+        shared = build_features_before_many(store, ends)
+    except BmktError as exc:  # e.g. no history before a training cutoff: each model says why
+        log.info("shared feature build skipped (%s); each model builds its own", exc)
+        shared = {}
+    for name, model, column, cutoff in jobs:
         try:
-            model.fit(store, cutoff)
-            scored = model.score(store, as_of)
+            model.fit(store, cutoff, features=shared.get(cutoff_end(cutoff)))
+            scored = model.score(store, as_of, features=shared.get(end))
         except BmktError as exc:
             log.warning("%s model not trained (%s); %s left missing", name, exc, column)
             table[column] = np.nan

@@ -23,6 +23,7 @@ from bmkt.features import (
     build_features,
     build_features_at,
     build_features_before,
+    build_features_before_many,
     cutoff_end,
 )
 from bmkt.io import open_store
@@ -380,6 +381,49 @@ def test_batched_points_equal_single_cutoff_features(sim_store) -> None:
     batch = build_features_at(sim_store, pd.DataFrame({"customer_id": ids, "cutoff": end}))
     batch = batch.drop(columns="cutoff").set_index("customer_id")
     pd.testing.assert_frame_equal(batch, single.loc[ids], check_names=False)
+
+
+def test_several_cutoffs_in_one_query_equal_single_builds(sim_store) -> None:
+    ends = [cutoff_end(d) for d in ("2024-05-31", "2024-03-31", "2024-04-30 13:30")]
+    frames = build_features_before_many(sim_store, [*ends, ends[0]])
+    assert list(frames) == sorted(set(ends))
+    for end in ends:
+        single = build_features_before(sim_store, end)
+        assert frames[end].attrs == single.attrs
+        pd.testing.assert_frame_equal(frames[end], single)
+
+
+def test_sessions_and_last_visit_match_a_brute_force_count(sim) -> None:
+    # the engine reads only session starts, long silences and the last month of events
+    web = sim["web_events"].sort_values(["customer_id", "occurred_at"], kind="stable")
+    ends = [cutoff_end("2024-02-29"), cutoff_end("2024-05-31"), pd.Timestamp("2024-04-15 12:34")]
+    frames = build_features_before_many(sim, ends)
+    for end in ends:
+        w = web[web["occurred_at"] < end]
+        gap = w.groupby("customer_id")["occurred_at"].diff()
+        start = gap.isna() | (gap > pd.Timedelta(minutes=30))
+        age = (end - w["occurred_at"]) / pd.Timedelta(days=1)
+        got = frames[end]
+        want = pd.DataFrame(
+            {
+                "n_sessions": start.groupby(w["customer_id"]).sum(),
+                "sessions_30d": (start & (age < 30)).groupby(w["customer_id"]).sum(),
+                "sessions_90d": (start & (age < 90)).groupby(w["customer_id"]).sum(),
+                "days_since_last_visit": age.groupby(w["customer_id"]).min(),
+            }
+        ).reindex(got.index)
+        want[["n_sessions", "sessions_30d", "sessions_90d"]] = (
+            want[["n_sessions", "sessions_30d", "sessions_90d"]].fillna(0).astype("int64")
+        )
+        pd.testing.assert_frame_equal(got[list(want.columns)], want, check_names=False)
+        assert (got["days_since_last_visit"] > 31).any()  # long silences are exercised
+
+
+def test_several_cutoffs_need_at_least_one() -> None:
+    with pytest.raises(ConfigError, match="ends: at least one cutoff is required"):
+        build_features_before_many(hand_tables(), [])
+    with pytest.raises(DataError, match=r"customers\.created_at: all 4 rows signed up"):
+        build_features_before_many(hand_tables(), [END, pd.Timestamp("2023-07-01")])
 
 
 # --------------------------------------------------------------------------- consistency

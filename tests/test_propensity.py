@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from bmkt import propensity
 from bmkt.errors import ConfigError, DataError
-from bmkt.features import build_features_before
+from bmkt.features import build_features_before, build_features_before_many, cutoff_end
 from bmkt.io import open_store
 from bmkt.propensity import (
     ClickPropensity,
@@ -163,3 +163,29 @@ def test_click_without_a_campaign_in_the_horizon_is_a_data_error(tables) -> None
 def test_backtest_kind_is_checked(store) -> None:
     with pytest.raises(ConfigError, match="Valid options for 'kind' are 'purchase', 'click'"):
         propensity.backtest(store, AS_OF, kind="churn")
+
+
+# --------------------------------------------------------------------------- shared features
+
+
+def test_features_built_once_give_the_same_model_and_scores(store) -> None:
+    train, score = cutoff_end("2024-05-30"), END
+    shared = build_features_before_many(store, [train, score])
+    plain = PurchasePropensity(horizon_days=30, **FAST).fit(store, "2024-05-30")
+    given = PurchasePropensity(horizon_days=30, **FAST).fit(
+        store, "2024-05-30", features=shared[train]
+    )
+    assert given.n_train_ == plain.n_train_ and given.class_counts_ == plain.class_counts_
+    pd.testing.assert_frame_equal(
+        given.score(store, AS_OF, features=shared[score]), plain.score(store, AS_OF)
+    )
+
+
+def test_features_of_another_cutoff_are_refused(store) -> None:
+    X = build_features_before(store, END)
+    with pytest.raises(ConfigError, match=r"features: built at cutoff 2024-07-01T00:00:00 but"):
+        PurchasePropensity(horizon_days=30, **FAST).fit(store, "2024-05-30", features=X)
+    partial = X.drop(columns="n_orders")
+    partial.attrs = {}  # no cutoff recorded: taken as the right one
+    with pytest.raises(ConfigError, match=r"features: lacks column\(s\) \['n_orders'\]"):
+        PurchasePropensity(horizon_days=30, **FAST).fit(store, "2024-05-30", features=partial)
