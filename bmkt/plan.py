@@ -1922,8 +1922,14 @@ _ADDRESS_TOKEN = re.compile(r"[^@\s<>\"'&;,()\[\]]+@[^@\s<>\"'&;,()\[\]]+\.[^@\s
 
 def find_emails(text: str, emails: Iterable[str]) -> list[str]:
     """Which of ``emails`` appear in ``text`` (case-insensitive, as whole tokens)."""
+    if "@" not in text:  # every address token holds an @
+        return []
     known = {e.strip().lower() for e in emails if isinstance(e, str)}
     if not known:
         return []
-    found = {m.group(0).lower() for m in _ADDRESS_TOKEN.finditer(text)}
+    # a token never spans a line break: only lines with an @ can hold one
+    lines = text.split("\n") if len(text) > 1 << 16 else [text]
+    found = {
+        m.group(0).lower() for line in lines if "@" in line for m in _ADDRESS_TOKEN.finditer(line)
+    }
     return sorted(found & known)
