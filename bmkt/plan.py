@@ -1086,22 +1086,50 @@ def _recommendation_columns(recommendations: pd.DataFrame | None) -> pd.DataFram
     _require(rec, "recommendations", ("customer_id", "product_id"))
     if rec.empty:
         return empty
-    rec = rec.copy()
-    rec["_key"] = id_strings(rec["customer_id"]).to_numpy()
-    rec["_product"] = id_strings(rec["product_id"]).to_numpy()
-    order, asc = ["_key"], [True]
+    keys, key_text = _id_codes(rec["customer_id"])
+    products, product_text = _id_codes(rec["product_id"])
+    # order within a customer: rank, score (descending), then product id as text
+    product_order = np.empty(len(product_text), dtype=np.int64)
+    product_order[np.argsort(product_text, kind="stable")] = np.arange(len(product_text))
+    work = pd.DataFrame({"_k": keys, "_p": np.where(products >= 0, product_order[products], -1)})
+    order, asc = ["_k"], [True]
     if "rank" in rec.columns:
+        work["rank"] = rec["rank"].to_numpy()
         order, asc = order + ["rank"], asc + [True]
     if "score" in rec.columns:
+        work["score"] = rec["score"].to_numpy()
         order, asc = order + ["score"], asc + [False]
-    rec = rec.sort_values(order + ["_product"], ascending=asc + [True], kind="mergesort")
-    rec = rec.dropna(subset=["_key", "_product"]).drop_duplicates(["_key", "_product"])
-    rec["_n"] = rec.groupby("_key").cumcount()
-    rec = rec[rec["_n"] < 3]
-    wide = rec.pivot(index="_key", columns="_n", values="_product")
-    wide = wide.reindex(columns=range(3))
-    wide.columns = ["rec_1", "rec_2", "rec_3"]
-    return wide.reset_index()
+    work = work.sort_values(order + ["_p"], ascending=asc + [True], kind="mergesort")
+    work = work[(work["_k"] >= 0) & (work["_p"] >= 0)].drop_duplicates(["_k", "_p"])
+    n = work.groupby("_k", sort=False).cumcount().to_numpy()
+    k = work["_k"].to_numpy()
+    listed = np.unique(k)
+    row = np.searchsorted(listed, k)
+    by_order = np.empty(len(product_text), dtype=np.int64)
+    by_order[product_order] = np.arange(len(product_text))
+    text = product_text[by_order[work["_p"].to_numpy()]]
+    wide = {"_key": key_text[listed]}
+    for i, col in enumerate(("rec_1", "rec_2", "rec_3")):
+        at = n == i
+        if at.any():
+            values = np.full(len(listed), np.nan, dtype=object)
+            values[row[at]] = text[at]
+        else:  # as pivot + reindex: a column nobody fills is float NaN
+            values = np.full(len(listed), np.nan)
+        wide[col] = values
+    return pd.DataFrame(wide)
+
+
+def _id_codes(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A code per row for the canonical text of the id (:func:`id_strings`); -1 for null.
+
+    Returns ``(codes, texts)``: ``texts[codes]`` is the canonical text of each row.
+    """
+    if isinstance(ids.dtype, np.dtype) and ids.dtype.kind in "iu":
+        codes, uniques = pd.factorize(ids.to_numpy())
+        return codes, id_strings(pd.Series(uniques)).to_numpy(dtype=object)
+    codes, uniques = pd.factorize(id_strings(ids).to_numpy(dtype=object))
+    return codes, np.asarray(uniques, dtype=object)
 
 
 def _features_frame(features: pd.DataFrame | None) -> pd.DataFrame:
@@ -1195,20 +1223,27 @@ def local_to_utc(local: pd.Series, timezones: pd.Series) -> pd.Series:
     '2024-07-01 07:00:00'
     """
     local = pd.Series(pd.to_datetime(local), index=local.index)
-    names = pd.Series(timezones, index=local.index).astype(object)
-    out = pd.Series(pd.NaT, index=local.index, dtype="datetime64[ns]")
+    names = pd.Series(timezones, index=local.index).astype(object).fillna("")
+    # send times take few distinct values per zone: convert each (zone, time) pair once
+    zone_code, zone_names = pd.factorize(names, sort=True)
+    time_code, times = pd.factorize(local.to_numpy(), use_na_sentinel=False)
+    pair_code, pairs = pd.factorize(zone_code.astype(np.int64) * len(times) + time_code)
+    pair_zone, pair_time = pairs // max(len(times), 1), pairs % max(len(times), 1)
+    converted = np.full(len(pairs), np.datetime64("NaT"), dtype="datetime64[ns]")
     unknown: list[str] = []
-    for name, idx in names.fillna("").groupby(names.fillna(""), sort=True).groups.items():
+    for z, name in enumerate(zone_names):
         zone = _zone(name)
         if zone is None and name:
             unknown.append(str(name))
-        vals = pd.DatetimeIndex(local.loc[idx])
+        sel = np.flatnonzero(pair_zone == z)
+        vals = pd.DatetimeIndex(times[pair_time[sel]])
         if zone is not None:
             vals = vals.tz_localize(
                 zone, nonexistent="shift_forward", ambiguous=np.zeros(len(vals), dtype=bool)
             )
             vals = vals.tz_convert("UTC").tz_localize(None)
-        out.loc[idx] = vals.as_unit("ns")
+        converted[sel] = vals.as_unit("ns").to_numpy()
+    out = pd.Series(converted[pair_code], index=local.index, dtype="datetime64[ns]")
     if unknown:
         log.warning("unknown time zones treated as UTC: %s", sorted(unknown)[:5])
     return out
