@@ -81,7 +81,7 @@ import logging
 import math
 import zoneinfo
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import ibis
@@ -238,11 +238,13 @@ def _machine_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(
             f"user_agent_patterns must be a list of regular expressions. Got {patterns!r}."
         )
+    checker = None  # one connection for all patterns: opening one costs ~30 ms
     for p in patterns:
         if not isinstance(p, str):
             raise ConfigError(f"user_agent_patterns: expected text patterns. Got {p!r}.")
+        checker = checker or duckdb.connect()
         try:  # the engine's dialect (RE2: no look-arounds or back-references)
-            duckdb.connect().execute("SELECT regexp_matches('', ?)", [p])
+            checker.execute("SELECT regexp_matches('', ?)", [p])
         except duckdb.Error as exc:
             msg = str(exc).splitlines()[0]
             raise ConfigError(
@@ -281,22 +283,88 @@ def _email_events(store: Store, end: pd.Timestamp) -> Table:
 # --------------------------------------------------------------------------- machine opens
 
 
-def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> tuple[Table, Table]:
-    """Return (every open labelled, per-customer proxy evidence) as Ibis tables."""
+class _Labelled(NamedTuple):
+    """The machine-open evidence of a store at a window end, as Ibis tables."""
+
+    #: One row per email (``customer_id``, ``campaign_id``) with a sent,
+    #: delivered or click event: ``delivered_at`` (first delivery), ``sent_at``,
+    #: ``ref_at`` (the delivery, or the send without one), ``first_click_at``,
+    #: ``last_click_at``, ``n_clicks``.
+    emails: Table
+    #: Per customer with a delivered email: ``n_delivered``,
+    #: ``n_fast_open_emails``, ``n_fast_clicked``, ``fast_open_share``,
+    #: ``is_proxy_user``.
+    evidence: Table
+    #: Every open, labelled: the columns of :func:`flag_machine_opens` plus
+    #: ``has_delivery`` (its email has a ``delivered`` event).
+    opens: Table
+
+
+#: Most distinct user agents matched one by one (a store holds a few hundred
+#: at most: browsers and mail clients in a handful of versions each); with
+#: more, every open's user agent is matched by the engine instead.
+_MAX_DISTINCT_AGENTS = 20_000
+#: Most machine user agents written into a query as a list.
+_MAX_INLINE_AGENTS = 500
+
+
+def _user_agent_rule(con: Any, opens: Table, patterns: Sequence[str]) -> ibis.Value:
+    """Whether each open's user agent matches one of ``patterns`` (never null).
+
+    Matching a regular expression costs far more than reading a column, and
+    millions of opens carry a few distinct user agents; so the distinct agents
+    are read first and matched once each, by the engine (its regular
+    expression dialect), and the agents that match are written into the
+    query as a list. With too many distinct agents or matches
+    (:data:`_MAX_DISTINCT_AGENTS`, :data:`_MAX_INLINE_AGENTS`) every open is
+    matched instead. The answer is the same.
+    """
+    regex = "|".join(f"(?:{p})" for p in patterns)
+    if not regex:
+        return ibis.literal(False)
+
+    def matches(ua: ibis.Value) -> ibis.Value:
+        return ua.strip().lower().re_search(regex).fill_null(False)
+
+    agents = _execute(opens.select("user_agent").distinct().limit(_MAX_DISTINCT_AGENTS + 1))
+    agents = [a for a in agents["user_agent"].tolist() if isinstance(a, str)]
+    if len(agents) > _MAX_DISTINCT_AGENTS:
+        return matches(opens.user_agent)
+    if not agents:
+        return ibis.literal(False)
+    table = ibis.memtable(pd.DataFrame({"user_agent": agents}), schema={"user_agent": "string"})
+    found = con.execute(table.filter(matches(table.user_agent)))["user_agent"].tolist()
+    if len(found) > _MAX_INLINE_AGENTS:
+        return matches(opens.user_agent)
+    if not found:
+        return ibis.literal(False)
+    return opens.user_agent.isin(found).fill_null(False)
+
+
+def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> _Labelled:
+    """Label every open before ``end`` and gather the per-customer proxy evidence.
+
+    The work is one aggregation of the sent, delivered and click events per
+    email, one join of the opens with it, and per-customer aggregations;
+    nothing else reads every email event.
+    """
     ev = _email_events(store, end)
     keys = ["customer_id", "campaign_id"]
-    is_delivered = ev.event_type == "delivered"
-    emails = (
-        ev.filter(ev.event_type.isin(["sent", "delivered"]))
-        .group_by(keys)
-        .aggregate(
-            delivered_at=ev.occurred_at.min(where=is_delivered),
-            sent_at=ev.occurred_at.min(where=ev.event_type == "sent"),
-        )
+    sdc = ev.filter(ev.event_type.isin(["sent", "delivered", "click"]))
+    is_click = sdc.event_type == "click"
+    emails = sdc.group_by(keys).aggregate(
+        delivered_at=sdc.occurred_at.min(where=sdc.event_type == "delivered"),
+        sent_at=sdc.occurred_at.min(where=sdc.event_type == "sent"),
+        first_click_at=sdc.occurred_at.min(where=is_click),
+        last_click_at=sdc.occurred_at.max(where=is_click),
+        n_clicks=sdc.count(where=is_click),
     )
     emails = emails.mutate(ref_at=ibis.coalesce(emails.delivered_at, emails.sent_at))
+    emails = engine.reuse(emails, store.con.name)  # read by the opens and the evidence
 
     opens = ev.filter(ev.event_type == "open")
+    ua_machine = _user_agent_rule(store.con, opens, params["user_agent_patterns"])
+    opens = opens.mutate(ua_machine=ua_machine)
     joined = opens.left_join(emails, keys)
     o = joined.select(
         customer_id=opens.customer_id,
@@ -307,53 +375,46 @@ def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> 
         machine_open=opens.machine_open,
         delivered_at=emails.ref_at,
         has_delivery=emails.delivered_at.notnull(),
+        ua_machine=opens.ua_machine,
     )
     max_delay = float(params["max_delay_seconds"])
     delay = _seconds_between(o.occurred_at, o.delivered_at)
-    regex = "|".join(f"(?:{p})" for p in params["user_agent_patterns"])
-    ua_match = (
-        o.user_agent.strip().lower().re_search(regex).fill_null(False)
-        if regex
-        else ibis.literal(False)
-    )
     o = o.mutate(
         delay_seconds=delay,
         is_fast=delay.between(-max_delay, max_delay).fill_null(False),
-        ua_machine=ua_match,
         has_delivery=o.has_delivery.fill_null(False),
     )
     o = engine.reuse(o, store.con.name)  # read by the evidence and by the labels
 
-    # Per-email fast opens (only opens the ESP did not call human), then whether
-    # a click on the same email followed within the click window.
+    # Emails with a fast open the ESP did not call human: counted per customer
+    # (a distinct count, no table of all such emails), and for the few
+    # emails also clicked, whether a click followed the first fast open
+    # within the click window (an equality-only join, then the time condition).
     cand = o.filter(o.is_fast & o.has_delivery & o.machine_open.fill_null(True))
-    fast = cand.group_by(keys).aggregate(first_fast_at=cand.occurred_at.min())
+    fast_opened = cand.group_by("customer_id").aggregate(
+        n_fast_open_emails=cand.campaign_id.nunique()
+    )
     clicks = ev.filter(ev.event_type == "click").select(
         "customer_id", "campaign_id", click_at="occurred_at"
     )
-    # Equality-only join (a hash join), then the time condition as a filter.
+    clicked = cand.semi_join(clicks, keys)
+    fast = clicked.group_by(keys).aggregate(first_fast_at=clicked.occurred_at.min())
     fc = fast.inner_join(clicks, keys)
     gap = _seconds_between(fc.click_at, fc.first_fast_at)
     window = float(params["click_window_seconds"])
-    fc = fc.filter((gap >= 0) & (gap <= window)).select(*keys).distinct()
-    fast_clicked = fc.group_by("customer_id").aggregate(n_fast_clicked=fc.count())
-    fast_opened = fast.group_by("customer_id").aggregate(n_fast_open_emails=fast.count())
-    fast_per_customer = fast_opened.left_join(fast_clicked, "customer_id").select(
-        fast_opened.customer_id,
-        fast_opened.n_fast_open_emails,
+    fc = fc.filter((gap >= 0) & (gap <= window))
+    fast_clicked = fc.group_by("customer_id").aggregate(n_fast_clicked=fc.campaign_id.nunique())
+
+    delivered = emails.group_by("customer_id").aggregate(
+        n_delivered=emails.count(where=emails.delivered_at.notnull())
+    )
+    delivered = delivered.filter(delivered.n_delivered > 0)
+    j = delivered.left_join(fast_opened, "customer_id").left_join(fast_clicked, "customer_id")
+    evidence = j.select(
+        customer_id=delivered.customer_id,
+        n_delivered=delivered.n_delivered,
+        n_fast_open_emails=fast_opened.n_fast_open_emails.fill_null(0),
         n_fast_clicked=fast_clicked.n_fast_clicked.fill_null(0),
-    )
-    delivered_per_customer = (
-        emails.filter(emails.delivered_at.notnull())
-        .group_by("customer_id")
-        .aggregate(n_delivered=ibis._.count())
-    )
-    ev_customers = delivered_per_customer.left_join(fast_per_customer, "customer_id")
-    evidence = ev_customers.select(
-        customer_id=delivered_per_customer.customer_id,
-        n_delivered=delivered_per_customer.n_delivered,
-        n_fast_open_emails=fast_per_customer.n_fast_open_emails.fill_null(0),
-        n_fast_clicked=fast_per_customer.n_fast_clicked.fill_null(0),
     )
     share = evidence.n_fast_open_emails.cast(dt.float64) / evidence.n_delivered
     evidence = evidence.mutate(
@@ -375,6 +436,7 @@ def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> 
         *[o[c] for c in o.columns if c not in ("ua_machine", "has_delivery")],
         ua_machine=o.ua_machine,
         is_proxy_user=proxy.is_proxy_user.fill_null(False),
+        has_delivery=o.has_delivery,
     )
     timing = lab.is_proxy_user & lab.is_fast
     lab = lab.mutate(
@@ -391,7 +453,8 @@ def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> 
             else_=False,
         ),
     ).drop("ua_machine")
-    return lab, evidence
+    lab = lab.relocate("has_delivery", after="is_machine")
+    return _Labelled(emails=emails, evidence=evidence, opens=lab)
 
 
 def flag_machine_opens(
@@ -474,7 +537,7 @@ def flag_machine_opens(
         }
     )
     store = open_store(store)
-    labelled, _ = _label_opens(store, _window_end(as_of), params)
+    labelled = _label_opens(store, _window_end(as_of), params).opens.drop("has_delivery")
     return _execute(labelled) if as_frame else labelled
 
 
@@ -532,7 +595,8 @@ def machine_open_customers(
     store = open_store(store)
     end = _window_end(as_of)
     customers = _customers_at(store, end).select("customer_id")
-    labelled, evidence = _label_opens(store, end, params)
+    labels = _label_opens(store, end, params)
+    labelled, evidence = labels.opens, labels.evidence
     counts = labelled.group_by("customer_id").aggregate(
         n_machine_opens=labelled.is_machine.cast(dt.int64).sum(),
         n_human_opens=(~labelled.is_machine).cast(dt.int64).sum(),
@@ -660,76 +724,70 @@ def engagement_scores(
     store = open_store(store)
     end = _window_end(as_of)
     customers = _customers_at(store, end).select("customer_id")
-    labelled, evidence = _label_opens(store, end, params)
-    ev = _email_events(store, end)
+    labels = _label_opens(store, end, params)
+    emails, labelled = labels.emails, labels.opens
 
     keys = ["customer_id", "campaign_id"]
+    ln2 = math.log(2.0)
+
+    def decay(ts: ibis.Value) -> ibis.Value:
+        return (_age_days(ts, end) * (-ln2 / half_life_days)).exp()
+
+    # Per customer from the per-email table: deliveries and clicks.
+    em = emails.mutate(first_click_at=_ts(emails.first_click_at))
+    per_email_clicks = em.group_by("customer_id").aggregate(
+        click_score=(decay(em.first_click_at).fill_null(0.0) * float(click_weight)).sum(),
+        last_click_at=_ts(em.last_click_at).max(),
+        n_delivered=em.count(where=em.delivered_at.notnull()),
+        n_clicks=em.n_clicks.sum(),
+        n_clicked_emails=em.count(where=em.delivered_at.notnull() & em.first_click_at.notnull()),
+        # events without a campaign are one email per customer; its opens
+        # never join the per-email table, so its delivery is looked up here
+        null_campaign_delivered=(em.campaign_id.isnull() & em.delivered_at.notnull()).any(),
+    )
+    # Per customer from the labelled opens: counts, and per email opened by a
+    # person the first such open (each email counts once however often reopened).
     counted = (
         ibis.literal(True) if include_machine_opens else ~labelled.is_machine
     )  # opens that count as engagement
-    delivered, human_open, machine_open, click = 0, 1, 2, 3  # event kinds, small ints
-    parts = [
-        ev.filter(ev.event_type == "delivered").select(
-            *keys, ts=_ts(ev.occurred_at), kind=ibis.literal(delivered, type=dt.int8)
-        ),
-        labelled.select(
-            *keys,
-            ts=_ts(labelled.occurred_at),
-            kind=ibis.ifelse(counted, human_open, machine_open).cast(dt.int8),
-        ),
-        ev.filter(ev.event_type == "click").select(
-            *keys, ts=_ts(ev.occurred_at), kind=ibis.literal(click, type=dt.int8)
-        ),
-    ]
-    u = parts[0].union(parts[1]).union(parts[2])
-    is_open = u.kind == human_open
-    is_click = u.kind == click
-    per_email = u.group_by(keys).aggregate(
-        delivered=(u.kind == delivered).any(),
-        first_open_at=u.ts.min(where=is_open),
-        last_open_at=u.ts.max(where=is_open),
-        first_click_at=u.ts.min(where=is_click),
-        last_click_at=u.ts.max(where=is_click),
-        n_opens=is_open.cast(dt.int64).sum(),
-        n_machine=(u.kind == machine_open).cast(dt.int64).sum(),
-        n_clicks=is_click.cast(dt.int64).sum(),
+    lo = labelled.select(*keys, "has_delivery", ts=_ts(labelled.occurred_at), counted=counted)
+    open_counts = lo.group_by("customer_id").aggregate(
+        last_human_open_at=lo.ts.max(where=lo.counted),
+        n_human_opens=lo.count(where=lo.counted),
+        n_machine_opens=lo.count(where=~lo.counted),
     )
-    ln2 = math.log(2.0)
-    decay_open = (_age_days(per_email.first_open_at, end) * (-ln2 / half_life_days)).exp()
-    decay_click = (_age_days(per_email.first_click_at, end) * (-ln2 / half_life_days)).exp()
-    pe = per_email
-    per_customer = pe.group_by("customer_id").aggregate(
-        engagement_score=(
-            decay_open.fill_null(0.0) * float(open_weight)
-            + decay_click.fill_null(0.0) * float(click_weight)
-        ).sum(),
-        last_human_open_at=pe.last_open_at.max(),
-        last_click_at=pe.last_click_at.max(),
-        n_delivered=pe.delivered.cast(dt.int64).sum(),
-        n_human_opens=pe.n_opens.sum(),
-        n_machine_opens=pe.n_machine.sum(),
-        n_clicks=pe.n_clicks.sum(),
-        n_opened_emails=(pe.delivered & pe.first_open_at.notnull()).cast(dt.int64).sum(),
-        n_clicked_emails=(pe.delivered & pe.first_click_at.notnull()).cast(dt.int64).sum(),
+    human = lo.filter(lo.counted)
+    opened = human.group_by(keys).aggregate(
+        first_open_at=human.ts.min(), has_delivery=human.has_delivery.any()
     )
-    proxy = evidence.select("customer_id", "is_proxy_user")
-    j = customers.left_join(per_customer, "customer_id").left_join(proxy, "customer_id")
+    open_scores = opened.group_by("customer_id").aggregate(
+        open_score=(decay(opened.first_open_at).fill_null(0.0) * float(open_weight)).sum(),
+        n_opened_emails=opened.count(where=opened.has_delivery),
+        null_campaign_opened=opened.campaign_id.isnull().any(),
+    )
+    proxy = labels.evidence.select("customer_id", "is_proxy_user")
+    j = (
+        customers.left_join(per_email_clicks, "customer_id")
+        .left_join(open_counts, "customer_id")
+        .left_join(open_scores, "customer_id")
+        .left_join(proxy, "customer_id")
+    )
     out = j.select(
         customer_id=customers.customer_id,
-        engagement_score=per_customer.engagement_score.fill_null(0.0),
-        last_human_open_at=per_customer.last_human_open_at,
-        last_click_at=per_customer.last_click_at,
-        **{
-            c: per_customer[c].fill_null(0)
-            for c in (
-                "n_delivered",
-                "n_human_opens",
-                "n_machine_opens",
-                "n_clicks",
-                "n_opened_emails",
-                "n_clicked_emails",
-            )
-        },
+        engagement_score=(
+            open_scores.open_score.fill_null(0.0) + per_email_clicks.click_score.fill_null(0.0)
+        ),
+        last_human_open_at=open_counts.last_human_open_at,
+        last_click_at=per_email_clicks.last_click_at,
+        n_delivered=per_email_clicks.n_delivered.fill_null(0),
+        n_human_opens=open_counts.n_human_opens.fill_null(0),
+        n_machine_opens=open_counts.n_machine_opens.fill_null(0),
+        n_clicks=per_email_clicks.n_clicks.fill_null(0),
+        n_opened_emails=open_scores.n_opened_emails.fill_null(0)
+        + (
+            open_scores.null_campaign_opened & per_email_clicks.null_campaign_delivered
+        ).fill_null(False).cast(dt.int64),
+        n_clicked_emails=per_email_clicks.n_clicked_emails.fill_null(0),
         is_proxy_user=proxy.is_proxy_user.fill_null(False),
     )
     df = _execute(out).set_index("customer_id").sort_index()
@@ -950,7 +1008,7 @@ def preferred_send_time(
     end = _window_end(as_of)
     cust = _customer_zones(_customers_at(store, end), infer_timezone, min_timezone_customers)
 
-    labelled, _ = _label_opens(store, end, params)
+    labelled = _label_opens(store, end, params).opens
     ev = _email_events(store, end)
     orders = store.table("orders")
     orders = orders.filter(orders.ordered_at < _ts_literal(end))
@@ -984,15 +1042,21 @@ def preferred_send_time(
         sum_cos=(e.w * angle.cos()).sum(),
         sum_sin=(e.w * angle.sin()).sum(),
     )
+    # The weighted hour and weekday histograms, one row per customer and
+    # non-empty bin, pivoted to one row per customer (a column per bin, null
+    # when empty) where smoothing and the mode are arithmetic on columns.
     hours = e.group_by(["customer_id", "hour"]).aggregate(w=e.w.sum())
-    kernel = ibis.memtable(_gaussian_kernel(float(smoothing_hours)))
-    sm = hours.cross_join(kernel)
-    sm = sm.select("customer_id", hour=(sm.hour + sm.offset + 24) % 24, w=sm.w * sm.k)
-    sm = sm.group_by(["customer_id", "hour"]).aggregate(w=sm.w.sum())
-    mode_hour = _argmax(sm, "hour")
+    hour_w = _pivot(hours, "hour", "w", 24)
+    smoothed = _smooth_circular(hour_w, _gaussian_kernel(float(smoothing_hours)))
+    mode_hour = hours.group_by("customer_id").aggregate(
+        **{f"_s{h}": s for h, s in enumerate(smoothed)}
+    )
+    mode_hour = mode_hour.select(
+        "customer_id", mode=_argmax_columns([mode_hour[f"_s{h}"] for h in range(24)])
+    )
     # Refine: weighted mean time of the events within ``peak_window_hours`` of
     # the mode (offsets taken round the clock), rounded to the nearest hour.
-    near = e.inner_join(mode_hour.select("customer_id", mode="hour"), "customer_id")
+    near = e.inner_join(mode_hour, "customer_id")
     diff = ((near.frac_hour - near.mode.cast(dt.float64) + 36.0) % 24.0) - 12.0
     near = near.mutate(diff=diff).filter(lambda t: t["diff"].abs() <= float(peak_window_hours))
     peak = near.group_by(["customer_id", "mode"]).aggregate(
@@ -1003,7 +1067,12 @@ def preferred_send_time(
         hour=((peak.mode.cast(dt.float64) + peak.shift + 0.5).floor().cast(dt.int64) + 24) % 24,
     )
     days = e.group_by(["customer_id", "weekday"]).aggregate(w=e.w.sum())
-    best_day = _argmax(days, "weekday")
+    best_day = days.group_by("customer_id").aggregate(
+        **{f"_d{d}": v for d, v in enumerate(_pivot(days, "weekday", "w", 7))}
+    )
+    best_day = best_day.select(
+        "customer_id", weekday=_argmax_columns([best_day[f"_d{d}"] for d in range(7)])
+    )
 
     j = (
         cust.left_join(summary, "customer_id")
@@ -1062,13 +1131,47 @@ def preferred_send_time(
     ]
 
 
-def _argmax(t: Table, col: str) -> Table:
-    """Per customer, the ``col`` value with the largest weight ``w`` (ties: smallest)."""
-    rank = ibis.row_number().over(
-        group_by=t.customer_id, order_by=[ibis.desc(t.w), ibis.asc(t[col])]
-    )
-    ranked = t.mutate(_rank=rank)
-    return ranked.filter(ranked._rank == 0).select("customer_id", col)
+def _pivot(t: Table, key: str, value: str, n: int) -> list[ibis.Value]:
+    """Reductions of ``t`` (one row per group and ``key``) giving ``value`` at keys ``0..n-1``.
+
+    For an aggregation of ``t`` by its group: column ``i`` is the ``value``
+    of the row whose ``key`` is ``i``, null when there is none.
+    """
+    return [ibis.ifelse(t[key] == i, t[value], ibis.null(dt.float64)).sum() for i in range(n)]
+
+
+def _smooth_circular(values: Sequence[ibis.Value], kernel: pd.DataFrame) -> list[ibis.Value]:
+    """Circular convolution of a histogram held in columns (null: empty bin).
+
+    Bin ``i`` becomes ``sum_o k[o] * values[(i - o) % n]`` over the kernel's
+    offsets ``o``, null when every bin within the kernel's reach is null (as
+    the long form, one row per non-empty bin, leaves such a bin out). The
+    kernel is symmetric, so the two bins at offsets ``-o`` and ``+o`` are added
+    before they are weighted: a histogram symmetric about two bins then
+    smooths to exactly equal values, and ties go to the earlier bin whatever
+    the order of summation.
+    """
+    n = len(values)
+    weights = dict(zip(kernel["offset"].astype(int), kernel["k"].astype(float), strict=True))
+    reach = max(abs(o) for o in weights)
+    if any(weights.get(-o) != k for o, k in weights.items()) or 2 * reach >= n:
+        raise ValueError("_smooth_circular needs a symmetric kernel shorter than the circle")
+    filled = [v.fill_null(0.0) for v in values]
+    out = []
+    for i in range(n):
+        total = filled[i] * engine.float_literal(weights[0])
+        for o in range(1, reach + 1):
+            pair = filled[(i - o) % n] + filled[(i + o) % n]
+            total = total + pair * engine.float_literal(weights[o])
+        present = ibis.or_(*[values[(i + o) % n].notnull() for o in range(-reach, reach + 1)])
+        out.append(ibis.ifelse(present, total, ibis.null(dt.float64)))
+    return out
+
+
+def _argmax_columns(values: Sequence[ibis.Value]) -> ibis.Value:
+    """Position of the largest non-null value (ties: the first); null when all are null."""
+    top = ibis.greatest(*values)
+    return ibis.cases(*[(v == top, i) for i, v in enumerate(values)], else_=ibis.null(dt.int64))
 
 
 def _mode(values: pd.Series, default: int) -> int:
@@ -1136,37 +1239,67 @@ def category_affinity(
         (web.occurred_at < _ts_literal(end))
         & (web.event_type == "product_view")
         & web.category.notnull()
-    ).select("customer_id", "category", w=engine.float_literal(view_weight), is_view=True)
+    ).select("customer_id", "category", is_view=True)
     orders = store.table("orders")
     orders = orders.filter((orders.ordered_at < _ts_literal(end)) & (orders.revenue >= 0))
     lines = store.table("order_lines")
     lines = lines.filter(lines.category.notnull())
     ol = lines.inner_join(orders, "order_id").select(
-        orders.customer_id,
-        lines.category,
-        w=engine.float_literal(order_weight),
-        is_view=False,
+        orders.customer_id, lines.category, is_view=False
     )
     u = views.union(ol)
     per_cat = u.group_by(["customer_id", "category"]).aggregate(
-        score=u.w.sum(),
-        n_views=u.is_view.cast(dt.int64).sum(),
-        n_lines=(~u.is_view).cast(dt.int64).sum(),
+        n_views=u.count(where=u.is_view), n_lines=u.count(where=~u.is_view)
     )
-    total = per_cat.score.sum().over(group_by=per_cat.customer_id)
-    rank = ibis.row_number().over(
-        group_by=per_cat.customer_id,
-        order_by=[ibis.desc(per_cat.score), ibis.asc(per_cat.category)],
+    # Weighted counts rather than sums of weights: the same score whatever the
+    # order of summation. Ranked by the score rounded to 1e-9, so that scores
+    # equal but for rounding (3 views at 0.1, 1 line at 0.3) tie, and go by name.
+    per_cat = per_cat.mutate(
+        score=per_cat.n_views.cast(dt.float64) * engine.float_literal(view_weight)
+        + per_cat.n_lines.cast(dt.float64) * engine.float_literal(order_weight)
     )
-    ranked = per_cat.mutate(share=ibis.ifelse(total > 0, per_cat.score / total, 0.0), rank=rank)
-    aggs: dict[str, Any] = {
-        "n_product_views": ranked.n_views.sum(),
-        "n_order_lines": ranked.n_lines.sum(),
-    }
-    for i in range(top_n):
-        aggs[f"category_{i + 1}"] = ranked.category.max(where=ranked["rank"] == i)
-        aggs[f"category_{i + 1}_share"] = ranked.share.max(where=ranked["rank"] == i)
-    wide = ranked.group_by("customer_id").aggregate(**aggs)
+    per_cat = per_cat.mutate(rank_score=per_cat.score.round(9))
+    if top_n == 1:
+        # The best category is the smallest name among those with the top
+        # score: an aggregation and a join instead of ranking every category.
+        per_cust = per_cat.group_by("customer_id").aggregate(
+            total=per_cat.score.sum(),
+            top=per_cat.rank_score.max(),
+            n_product_views=per_cat.n_views.sum(),
+            n_order_lines=per_cat.n_lines.sum(),
+        )
+        best = per_cat.inner_join(per_cust.select("customer_id", "top"), "customer_id")
+        best = best.filter(best.rank_score == best.top)
+        best = best.group_by("customer_id").aggregate(
+            category_1=best.category.min(), score_1=best.score.argmin(best.category)
+        )
+        wj = per_cust.left_join(best, "customer_id")
+        wide = wj.select(
+            per_cust.customer_id,
+            per_cust.n_product_views,
+            per_cust.n_order_lines,
+            category_1=best.category_1,
+            category_1_share=ibis.ifelse(
+                per_cust.total > 0, best.score_1 / per_cust.total, 0.0
+            ),
+        )
+    else:
+        total = per_cat.score.sum().over(group_by=per_cat.customer_id)
+        rank = ibis.row_number().over(
+            group_by=per_cat.customer_id,
+            order_by=[ibis.desc(per_cat.rank_score), ibis.asc(per_cat.category)],
+        )
+        ranked = per_cat.mutate(
+            share=ibis.ifelse(total > 0, per_cat.score / total, 0.0), rank=rank
+        )
+        aggs: dict[str, Any] = {
+            "n_product_views": ranked.n_views.sum(),
+            "n_order_lines": ranked.n_lines.sum(),
+        }
+        for i in range(top_n):
+            aggs[f"category_{i + 1}"] = ranked.category.max(where=ranked["rank"] == i)
+            aggs[f"category_{i + 1}_share"] = ranked.share.max(where=ranked["rank"] == i)
+        wide = ranked.group_by("customer_id").aggregate(**aggs)
     j = cust.left_join(wide, "customer_id")
     sel: dict[str, Any] = {"customer_id": cust.customer_id}
     for i in range(top_n):
