@@ -243,6 +243,21 @@ def _within(cutoff: ibis.Value, at: ibis.Value, days: float) -> ibis.Value:
     return _us(cutoff, at) < int(days * _US_PER_DAY)
 
 
+def _session_gap_us() -> int:
+    """The least gap in whole microseconds that starts a new session.
+
+    A gap ``x`` starts one when ``x / 86400e6 * 1440 > SESSION_GAP_MINUTES`` in
+    float64 (the definition); that test is monotone in ``x``, so it holds exactly
+    from this integer on, and the engine compares integers instead.
+    """
+    gap = float(SESSION_GAP_MINUTES)
+    lo, hi = 0, int(gap * 60e6) + 2
+    while hi - lo > 1:  # invariant: the test fails at lo and holds at hi
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if float(mid) / _US_PER_DAY * 1440.0 > gap else (mid, hi)
+    return hi
+
+
 def _count(cond: ibis.Value) -> ibis.Value:
     return cond.fill_null(False).cast(dt.int64).sum()
 
@@ -383,8 +398,7 @@ def _feature_query(
     prev_at = visits.occurred_at.lag().over(**order)
     next_at = visits.occurred_at.lead().over(**order)
     visits = visits.mutate(
-        new_session=prev_at.isnull()
-        | (_days(visits.occurred_at, prev_at) * 1440.0 > SESSION_GAP_MINUTES),
+        new_session=prev_at.isnull() | (_us(visits.occurred_at, prev_at) >= _session_gap_us()),
         before_silence=next_at.isnull()
         | (_us(next_at, visits.occurred_at) >= int(_SILENCE_DAYS * _US_PER_DAY)),
     )
@@ -460,14 +474,20 @@ def _feature_query(
     fast_click = fc.group_by(ekeys).aggregate(fast_click_at=fc.click_at.min())
     em = emails.left_join(fast, ekeys).select(emails, fast.first_fast_at)
     em = em.left_join(fast_click, ekeys).select(em, fast_click.fast_click_at)
+    camps = store.table("campaigns").select("campaign_id", "sent_at")
+    win = ibis.interval(seconds=int(RESPONSE_WINDOW_DAYS * 86_400))
+    em = em.left_join(camps, "campaign_id").select(em, camps.sent_at)
 
-    e = at_points(em, "delivered_at")
+    e = P.inner_join(em, "customer_id")
+    e = e.filter(e.delivered_at < e.cutoff)
     email_agg = e.group_by(_KEYS).aggregate(
         n_delivered=e.count(),
         delivered_30d=_count(_within(e.cutoff, e.delivered_at, 30)),
         delivered_90d=_count(_within(e.cutoff, e.delivered_at, 90)),
         n_fast_open_emails=_count(e.first_fast_at < e.cutoff),
         n_fast_clicked=_count(e.fast_click_at < e.cutoff),
+        # delivered emails of the campaigns that count for the response rates (below)
+        n_mailed_eligible=_count((e.sent_at >= e.created_at) & (e.sent_at < e.cutoff - win)),
     )
     share = email_agg.n_fast_open_emails.cast(dt.float64) / email_agg.n_delivered
     email_agg = email_agg.mutate(
@@ -486,8 +506,6 @@ def _feature_query(
     # Campaigns count when sent after signup and RESPONSE_WINDOW_DAYS before the cutoff:
     # a range join of the points with the (few) campaigns, counted per point;
     # responses from purchases joined to the campaigns of the preceding window.
-    camps = store.table("campaigns").select("campaign_id", "sent_at")
-    win = ibis.interval(seconds=int(RESPONSE_WINDOW_DAYS * 86_400))
     ce = P.inner_join(camps, [camps.sent_at >= P.created_at, camps.sent_at < P.cutoff - win])
     camp_agg = ce.group_by(_KEYS).aggregate(n_campaigns_eligible=ce.count())
     mailed = emails.inner_join(camps, "campaign_id").select(
@@ -514,11 +532,6 @@ def _feature_query(
         n_responded=r.count(),
         n_mailed_responded=_count(r.mailed_at < r.cutoff),
     )
-    m = P.inner_join(mailed, "customer_id")
-    m = m.filter(
-        (m.sent_at >= m.created_at) & (m.sent_at < m.cutoff - win) & (m.delivered_at < m.cutoff)
-    )
-    mailed_agg = m.group_by(_KEYS).aggregate(n_mailed_eligible=m.count())
 
     # opens: the per-event rules (flag, user agent) hold at any cutoff; the timing rule
     # uses the proxy verdict at the point's cutoff. Counted both ways per point (as if a
@@ -610,7 +623,7 @@ def _feature_query(
     # ---- one row per point; counts filled in the engine (nothing happened = 0)
     out = P.mutate(tenure_days=_days(P.cutoff, P.created_at)).drop("created_at")
     aggs = (order_agg, days_agg, bought_agg, visit_agg, web_agg, viewed_agg, cart_agg,
-            email_agg, open_agg, click_agg, camp_agg, resp_agg, mailed_agg)  # fmt: skip
+            email_agg, open_agg, click_agg, camp_agg, resp_agg)  # fmt: skip
     for agg in aggs:
         cols = [c for c in agg.columns if c not in _KEYS]
         out = out.left_join(agg, _KEYS).select(out, *[agg[c] for c in cols])
