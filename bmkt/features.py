@@ -5,8 +5,10 @@ before the cutoff) of numeric features for the supervised models of
 :mod:`bmkt.churn`, :mod:`bmkt.propensity` and :mod:`bmkt.uplift`.
 :func:`build_features_at` does the same for many ``(customer, cutoff)``
 points in one query (every past campaign's audience at its own send time,
-for uplift models). Every feature is listed with its meaning and its fill
-in :data:`FEATURES`.
+for uplift models); :func:`build_features_before_many` builds several
+cutoffs of every customer at once (the training and scoring cutoffs of the
+churn and purchase models, shared between them). Every feature is listed with
+its meaning and its fill in :data:`FEATURES`.
 
 Cutoff semantics
 ----------------
@@ -314,18 +316,25 @@ def _feature_query(
 
     ``min_end`` and ``max_end`` bound the points' cutoffs: events are filtered
     to what some point can see before they are joined to the points. Written
-    for speed on one or two cores (see ``benchmarks/``):
+    for speed on one or two cores, every feature keeping its exact value:
 
-    * counts over a window compare integer microseconds (``_within``) instead
-      of fractional days, and "days since" is taken from the latest timestamp
-      (the same value: ``_days`` is monotone);
-    * distinct counts are counts of first occurrences (first purchase of a day,
-      first view of a category), computed once before the join to the points,
-      or two-stage aggregates (opens and clicks per email);
-    * the session window (``lag``) reads only customer and time;
-    * range joins go through an equality key (campaigns expanded over the days
-      of their response window; carts matched to purchases of the same
-      customer) rather than an inequality join.
+    * window tests compare integer microseconds (``_within``,
+      ``_session_gap_us``) instead of fractional days, and "days since" is
+      taken from the latest timestamp (the same value: ``_days`` is monotone);
+    * distinct counts are counts of first occurrences (first purchase of a
+      day, first view or purchase of a category, first human open of an
+      email), computed once before the join to the points;
+    * opens are counted per point both as a proxy user and not, and the
+      point's verdict picks one after the aggregation;
+    * the session window reads customer and time only, and the points join
+      its marks (session starts, events before a long silence) plus the last
+      month of events, not every event;
+    * range joins go through an equality key (campaigns listed on each day of
+      their response window; carts matched to purchases of the same customer
+      within a day) rather than an inequality join over all pairs.
+
+    Several cutoffs in one query (:func:`build_features_before_many`) share
+    everything that does not depend on the cutoff.
     """
     cust = store.table("customers").select("customer_id", "created_at")
     P = points.inner_join(cust, "customer_id")
