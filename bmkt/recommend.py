@@ -17,10 +17,13 @@ pairs seen fewer than ``min_support`` times, and the two are combined::
 so scores lie in ``[0, 1]``. The ``top_k`` most similar products of every
 product are kept (ties: smaller product id first).
 
-The engine filters the order lines and product views (one pass each); the
-counts are then sparse matrix products ``X'X`` of the binary basket x
+The engine filters the order lines and product views (one pass over both);
+the counts are then sparse matrix products ``X'X`` of the binary basket x
 product (session x product) matrices, so no table of product pairs is ever
-built.
+built. The same pass gives every customer's history (distinct products, most
+recent first, and which were bought), which :meth:`ItemSimilarity.fit` keeps
+in compact arrays (CSR layout, about 5 bytes per customer and product) for
+:meth:`ItemSimilarity.recommend`.
 
 :meth:`ItemSimilarity.recommend` scores candidate products for a customer by
 summing, over the customer's *seeds*, ``weight(seed) * score(seed,
@@ -32,10 +35,10 @@ e.g. the items of an abandoned cart). Candidates already bought (with
 Customers with too few candidates -- in particular those without history --
 are topped up with the most popular products (most distinct buyers before
 ``as_of``; ties by product id), skipping excluded products; those rows have
-``source == "popular"`` and ``score == 0``. Histories and seeds are gathered
-in the engine; the candidate scores are the sparse product of the customer x
-seed weights and the product x product similarities, a chunk of customers at
-a time.
+``source == "popular"`` and ``score == 0``. Seeds and exclusions come from
+the histories kept by ``fit`` (``recommend`` reads no events); the candidate
+scores are the sparse product of the customer x seed weights and the product
+x product similarities, a chunk of customers at a time.
 
 References
 ----------
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import ibis
@@ -155,6 +159,116 @@ def _session_incidence(
     indices = (cols % n_products).astype(np.int32)
     return sp.csr_matrix(
         (np.ones(len(cols), dtype=np.int32), indices, indptr), shape=(len(starts), n_products)
+    )
+
+
+def _customer_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """Row code of every customer id, the id of every code, and the first id of a range.
+
+    Compact integer ids are offsets from the smallest (the ids are then the
+    range ``first, first + 1, ...``: the third value); others are factorised.
+    """
+    span = _dense_int_range(values, len(values))
+    if span is not None:
+        ids = np.arange(span[0], span[1] + 1, dtype=values.dtype)
+        return (values - span[0]).astype(np.int64, copy=False), ids, span[0]
+    codes, uniques = pd.factorize(values)
+    return codes.astype(np.int64, copy=False), np.asarray(uniques), None
+
+
+@dataclass(frozen=True)
+class _Histories:
+    """Every customer's distinct products before ``as_of``, most recent first (CSR layout).
+
+    Customer ``ids[r]`` holds ``products[indptr[r]:indptr[r + 1]]`` (codes into
+    ``product_ids``), ordered by last purchase -- last view for a product never
+    bought -- descending, then by product id; ``bought`` flags purchased products.
+    ``first_id`` is set when ``ids`` is the integer range from it.
+    """
+
+    ids: np.ndarray
+    first_id: int | None
+    indptr: np.ndarray
+    products: np.ndarray
+    bought: np.ndarray
+    product_ids: np.ndarray
+
+    def rows_of(self, customer_ids: np.ndarray) -> np.ndarray:
+        """Row of each customer id, ``-1`` for a customer without history."""
+        values = np.asarray(customer_ids)
+        if not len(self.ids) or not len(values):
+            return np.full(len(values), -1, dtype=np.int64)
+        if self.first_id is not None and values.dtype.kind in "iu":
+            lo, hi = self.first_id, self.first_id + len(self.ids) - 1
+            inside = (values >= lo) & (values <= hi)
+            rows = np.full(len(values), -1, dtype=np.int64)
+            rows[inside] = values[inside].astype(np.int64) - lo
+            return rows
+        return pd.Index(self.ids).get_indexer(values).astype(np.int64, copy=False)
+
+
+def _histories(
+    rows: np.ndarray,
+    products: np.ndarray,
+    times: np.ndarray,
+    bought: np.ndarray,
+    n_rows: int,
+    n_products: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per customer row: distinct products, most recent first, and whether each was bought.
+
+    ``rows``, ``products``, ``times`` (int64) and ``bought`` describe events
+    (purchases and views). A product's time is its last purchase if it was
+    bought, else its last view; products are ordered by that time descending,
+    then by product code. Returns the CSR ``(indptr, products, bought)``.
+
+    Two sorts within customer rows (CSR construction: a counting sort by row,
+    then short per-row sorts) stand in for a global sort: the first orders a
+    customer's events by (product, bought, time), so the last event of each
+    product is the one that counts; the second orders those by time
+    descending, then product.
+    """
+    if not len(rows):
+        return np.zeros(n_rows + 1, dtype=np.int64), np.zeros(0, np.int32), np.zeros(0, bool)
+    # times as small integers in the same order: offsets divided by their gcd, or ranks
+    t = times - times.min()
+    step = int(np.gcd.reduce(t)) or 1
+    if step > 1:
+        t //= step
+    span = int(t.max()) + 1
+    if span > (1 << 61) // (2 * n_products):
+        _, t = np.unique(times, return_inverse=True)
+        span = int(t.max()) + 1
+    width = 2 * span
+    col = (products.astype(np.int64, copy=False) * 2 + bought) * span + t
+    del t
+    events = sp.csr_matrix(
+        (np.ones(len(col), dtype=bool), (rows, col)), shape=(n_rows, n_products * width)
+    )
+    del col
+    events.sum_duplicates()
+    col = events.indices
+    prod = col // width
+    last = np.ones(len(col), dtype=bool)  # the last event of each (customer, product)
+    last[:-1] = prod[1:] != prod[:-1]
+    starts = events.indptr[1:-1]
+    last[starts[(starts > 0) & (starts < len(col))] - 1] = True
+    ends = np.flatnonzero(last)
+    indptr = np.searchsorted(ends, events.indptr)
+    col, prod = col[ends], prod[ends]
+    del events, last, ends
+    was_bought = (col // span) % 2 == 1
+    recent = (span - 1) - col % span  # 0 = most recent
+    del col
+    ordered = sp.csr_matrix(
+        (was_bought.astype(np.int8) + 1, recent * n_products + prod, indptr),
+        shape=(n_rows, span * n_products),
+    )
+    ordered.sort_indices()
+    return (
+        ordered.indptr.astype(np.int64, copy=False),
+        (ordered.indices % n_products).astype(np.int32),
+        ordered.data == 2,
     )
 
 
@@ -287,8 +401,11 @@ class ItemSimilarity:
     as_of_ : Timestamp
         Exclusive end of the data the model was fitted on.
     store_ : Store
-        The store fitted on; :meth:`recommend` reads customers' histories
-        (before ``as_of_``) from it.
+        The store fitted on (:meth:`recommend` casts ids to its types).
+    histories_ : object
+        Every customer's distinct products bought or viewed before
+        ``as_of_``, most recent first (last purchase, else last view), with
+        which were bought: the seeds and exclusions of :meth:`recommend`.
 
     Examples
     --------
@@ -367,32 +484,36 @@ class ItemSimilarity:
         con = self.store_.con
         w = float(self.view_weight)
 
-        # co-occurrences as sparse products X'X of binary basket x product matrices
-        # (one pass over the order lines and the product views, no pair explosion in SQL)
-        buys = _fetch(con, self._purchases().select("customer_id", "product_id"))
-        views: dict[str, np.ndarray] = {}
+        # one pass over the order lines and the product views: the customers' histories
+        # (kept for recommend) and co-occurrences as sparse products X'X of binary
+        # basket x product (session x product) matrices, no pair explosion in SQL
+        events = self._purchases().mutate(bought=ibis.literal(True))
         if w > 0:
-            v = self._views()
-            views = _fetch(con, v.select("customer_id", "product_id", view_day=v.at.date()))
-        universe = _universe(buys["product_id"], *([views["product_id"]] if views else []))
+            events = events.union(self._views().mutate(bought=ibis.literal(False)))
+        ev = _fetch(con, events)
+        universe = _universe(ev["product_id"])
         n_products = len(universe)
-        baskets = _incidence(
-            _row_codes(buys.pop("customer_id")),
-            _factorize_into(buys.pop("product_id"), universe),
-            n_products,
+        rows, customer_ids, first_id = _customer_codes(ev.pop("customer_id"))
+        prods = _factorize_into(ev.pop("product_id"), universe)
+        times, bought = ev.pop("at"), ev.pop("bought").astype(bool, copy=False)
+        if w > 0:
+            view = ~bought
+            sessions = _session_incidence(rows[view], times[view], prods[view], n_products)
+            del view
+        indptr, h_prod, h_bought = _histories(
+            rows, prods, times.view(np.int64), bought, len(customer_ids), n_products
         )
-        del buys
+        del rows, prods, times, bought
+        self.histories_ = _Histories(
+            customer_ids, first_id, indptr, h_prod, h_bought, universe.to_numpy()
+        )
+        h_rows = np.repeat(np.arange(len(customer_ids)), np.diff(indptr))
+        baskets = _incidence(h_rows[h_bought], h_prod[h_bought], n_products)
+        del h_rows
         i, j, co_p, cos_p = _cooccurrence(baskets, self.min_support)
         n_buyers = np.asarray(baskets.sum(axis=0), dtype=np.int64).ravel()
         del baskets
         if w > 0:
-            sessions = _session_incidence(
-                views.pop("customer_id"),
-                views.pop("view_day"),
-                _factorize_into(views.pop("product_id"), universe),
-                n_products,
-            )
-            del views
             vi, vj, co_v, cos_v = _cooccurrence(sessions, self.min_support)
             del sessions
             # outer join of the two pair sets on (item, other)
@@ -491,35 +612,32 @@ class ItemSimilarity:
         con = self.store_.con
         id_type = self.store_.table("orders").customer_id.type()
         product_type = self.store_.table("order_lines").product_id.type()
-        wanted = ibis.memtable(
-            pd.DataFrame({"want_id": ids.to_numpy(), "_pos": np.arange(len(ids), dtype=np.int64)})
-        )
-        wanted = wanted.select(want_id=wanted.want_id.cast(id_type), _pos=wanted._pos)
         # the ids as the store spells them (output ids of "similar" rows)
-        engine_ids = con.to_pyarrow(wanted.order_by("_pos")).column("want_id").to_pandas()
+        given = ids.to_numpy()
+        if given.dtype == id_type.to_numpy() and given.dtype.kind in "iu":
+            engine_ids = given
+        else:
+            wanted = ibis.memtable(
+                pd.DataFrame({"want_id": given, "_pos": np.arange(len(ids), dtype=np.int64)})
+            )
+            wanted = wanted.select(want_id=wanted.want_id.cast(id_type), _pos=wanted._pos)
+            engine_ids = (
+                con.to_pyarrow(wanted.order_by("_pos")).column("want_id").to_pandas().to_numpy()
+            )
         explicit = self._explicit_seeds(seed_products, ids)
 
-        # history in the engine: every (customer, product) bought or viewed before as_of,
-        # its last time, and whether it is among the customer's n_seeds most recent
-        buys = self._purchases()
-        buys = buys.join(wanted, buys.customer_id == wanted.want_id)
-        bought = buys.group_by("_pos", "product_id").agg(at=buys.at.max())
-        events = bought.mutate(_bought=ibis.literal(True))
-        if self.view_weight > 0:
-            views = self._views()
-            views = views.join(wanted, views.customer_id == wanted.want_id)
-            viewed = views.group_by("_pos", "product_id").agg(at=views.at.max())
-            viewed = viewed.anti_join(
-                bought, (viewed._pos == bought._pos) & (viewed.product_id == bought.product_id)
-            )
-            events = events.union(viewed.mutate(_bought=ibis.literal(False)))
-        recency = ibis.row_number().over(
-            group_by=events._pos, order_by=[ibis.desc(events.at), events.product_id]
-        )
-        events = events.mutate(_seed=recency < self.n_seeds)
-        if not exclude_purchased:  # bought pairs beyond the seeds are not needed
-            events = events.filter(events._seed)
-        hist = _fetch(con, events.select("_pos", "product_id", "_bought", "_seed"))
+        # histories kept by fit: every product bought or viewed before as_of, most recent
+        # first; the first n_seeds of a customer are its seeds
+        hist = self.histories_
+        h_of = hist.rows_of(engine_ids)
+        known = np.flatnonzero(h_of >= 0)
+        first = hist.indptr[h_of[known]]
+        length = hist.indptr[h_of[known] + 1] - first
+        if not exclude_purchased:  # bought products beyond the seeds are not needed
+            length = np.minimum(length, self.n_seeds)
+        h_row = np.repeat(known, length)
+        at = np.arange(len(h_row)) - np.repeat(np.cumsum(length) - length, length)
+        take = np.repeat(first, length) + at
 
         # product codes: position in the sorted ids of every product in play
         sims = self.similar_items_
@@ -534,14 +652,15 @@ class ItemSimilarity:
             sims["product_id"].to_numpy(),
             sims["similar_product_id"].to_numpy(),
             pop_products,
-            hist["product_id"],
+            hist.product_ids,
             ex_products,
         )
         n_products, n_rows = len(universe), len(ids)
         products = universe.to_numpy()
-        h_row, h_prod = hist["_pos"], _factorize_into(hist["product_id"], universe)
-        seed = hist["_seed"]
-        seed_w = np.where(hist["_bought"][seed], 1.0, float(self.view_weight))
+        h_prod = _factorize_into(hist.product_ids, universe)[hist.products[take]]
+        h_bought = hist.bought[take]
+        seed = at < self.n_seeds
+        seed_w = np.where(h_bought[seed], 1.0, float(self.view_weight))
         ex_row = ids.get_indexer(explicit["customer_id"]) if len(explicit) else np.zeros(0, int)
         ex_prod = _factorize_into(ex_products, universe)
         weights = np.concatenate([seed_w, np.full(len(ex_row), float(seed_weight))])
@@ -562,7 +681,7 @@ class ItemSimilarity:
             ),
             shape=(n_products, n_products),
         )
-        owned = hist["_bought"] if exclude_purchased else np.zeros(len(h_row), dtype=bool)
+        owned = h_bought if exclude_purchased else np.zeros(len(h_row), dtype=bool)
         o_row = np.concatenate([h_row[owned], ex_row])
         o_prod = np.concatenate([h_prod[owned], ex_prod])
         excluded = sp.csr_matrix(
@@ -579,7 +698,7 @@ class ItemSimilarity:
         row, col, score, rank = (np.concatenate(parts) for parts in zip(*found, strict=True))
         recs = pd.DataFrame(
             {
-                "customer_id": engine_ids.to_numpy()[row],
+                "customer_id": engine_ids[row],
                 "rank": rank,
                 "product_id": products[col],
                 "score": score,

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from bmkt.errors import ConfigError, NotFittedError
-from bmkt.recommend import RECOMMEND_COLUMNS, ItemSimilarity
+from bmkt.recommend import RECOMMEND_COLUMNS, ItemSimilarity, _histories
+from bmkt.schema import parse_as_of
 
 AS_OF = "2024-06-30"
 
@@ -211,3 +212,161 @@ def test_inputs_not_mutated() -> None:
     for k, v in store.items():
         pd.testing.assert_frame_equal(v, copies[k])
     pd.testing.assert_frame_equal(seeds, seeds_copy)
+
+
+def reference_histories(store: dict[str, pd.DataFrame], as_of: str) -> pd.DataFrame:
+    """Every customer's (product, bought) history, most recent first, computed plainly."""
+    cutoff = parse_as_of(as_of)
+    orders = store["orders"]
+    orders = orders[(orders["ordered_at"] < cutoff) & (orders["revenue"] >= 0)]
+    buys = orders.merge(store["order_lines"], on="order_id")
+    bought = buys.groupby(["customer_id", "product_id"], as_index=False)["ordered_at"].max()
+    bought = bought.rename(columns={"ordered_at": "at"}).assign(bought=True)
+    frames = [bought]
+    if "web_events" in store:
+        ev = store["web_events"]
+        ev = ev[(ev["event_type"] == "product_view") & (ev["occurred_at"] < cutoff)]
+        viewed = ev.groupby(["customer_id", "product_id"], as_index=False)["occurred_at"].max()
+        viewed = viewed.rename(columns={"occurred_at": "at"}).assign(bought=False)
+        seen = viewed.merge(bought[["customer_id", "product_id"]], how="left", indicator=True)
+        frames.append(viewed[(seen["_merge"] == "left_only").to_numpy()])
+    hist = pd.concat(frames, ignore_index=True)
+    hist = hist.sort_values(["customer_id", "at", "product_id"], ascending=[True, False, True])
+    return hist[["customer_id", "product_id", "bought"]].reset_index(drop=True)
+
+
+def fitted_histories(model: ItemSimilarity) -> pd.DataFrame:
+    """The model's histories, customers in id order (factorised ids come in any order)."""
+    h = model.histories_
+    rows = np.repeat(np.arange(len(h.ids)), np.diff(h.indptr))
+    frame = pd.DataFrame(
+        {
+            "customer_id": h.ids[rows],
+            "product_id": h.product_ids[h.products],
+            "bought": h.bought,
+        }
+    )
+    return frame.sort_values("customer_id", kind="stable").reset_index(drop=True)
+
+
+def random_store(rng: np.random.Generator, n_customers: int, id_scale: int) -> dict:
+    """Purchases and views at coarse times (many ties), some bought products viewed later."""
+    n_orders, n_views = 6 * n_customers, 12 * n_customers
+    base = pd.Timestamp("2024-01-01")
+    ids = np.arange(1, n_customers + 1) * id_scale
+    orders = pd.DataFrame(
+        {
+            "order_id": np.arange(1, n_orders + 1),
+            "customer_id": rng.choice(ids, n_orders),
+            "ordered_at": base + pd.to_timedelta(rng.integers(0, 300, n_orders), unit="h"),
+            "revenue": rng.choice([10.0, -5.0], n_orders, p=[0.9, 0.1]),
+        }
+    )
+    n_lines = 2 * n_orders
+    lines = pd.DataFrame(
+        {
+            "order_id": rng.integers(1, n_orders + 1, n_lines),
+            "product_id": rng.integers(1, 15, n_lines),
+            "category": "cat",
+            "quantity": 1,
+            "price": 1.0,
+        }
+    )
+    views = pd.DataFrame(
+        {
+            "customer_id": rng.choice(ids, n_views),
+            "occurred_at": base + pd.to_timedelta(rng.integers(0, 300 * 60, n_views), unit="min"),
+            "event_type": rng.choice(["product_view", "page_view"], n_views, p=[0.8, 0.2]),
+            "product_id": rng.integers(1, 15, n_views),
+            "category": "cat",
+        }
+    )
+    customers = pd.DataFrame(
+        {
+            "customer_id": ids,
+            "email": [f"c{i}@example.com" for i in ids],
+            "created_at": base,
+            "email_status": "subscribed",
+            "email_consent": True,
+        }
+    )
+    return {"customers": customers, "orders": orders, "order_lines": lines, "web_events": views}
+
+
+@pytest.mark.parametrize("id_scale", [1, 10**9])  # compact ids (offsets) and sparse ids (codes)
+def test_fitted_histories_match_a_plain_computation(id_scale: int) -> None:
+    rng = np.random.default_rng(id_scale)
+    store = random_store(rng, 40, id_scale)
+    as_of = "2024-01-10"  # some events after it
+    model = ItemSimilarity(min_support=1).fit(store, as_of)
+    pd.testing.assert_frame_equal(
+        fitted_histories(model), reference_histories(store, as_of), check_dtype=False
+    )
+    no_views = ItemSimilarity(min_support=1, view_weight=0.0).fit(store, as_of)
+    buys_only = {k: v for k, v in store.items() if k != "web_events"}
+    pd.testing.assert_frame_equal(
+        fitted_histories(no_views), reference_histories(buys_only, as_of), check_dtype=False
+    )
+
+
+def test_seeds_are_the_most_recent_products() -> None:
+    # customer 9 bought A long ago, viewed B, then bought C; last view of A is the most
+    # recent event but A counts at its purchase time; with n_seeds=1, C is the only seed
+    baskets = {1: ["A", "D"], 2: ["A", "D"], 3: ["C", "E"], 4: ["C", "E"], 5: ["B", "F"]}
+    baskets |= {6: ["B", "F"], 9: ["A"]}
+    views = [(9, "B", "2024-04-01"), (9, "A", "2024-06-01")]
+    store = build_store(baskets, views=views)
+    store["orders"] = pd.concat(
+        [
+            store["orders"],
+            pd.DataFrame(
+                {
+                    "order_id": [10],
+                    "customer_id": [9],
+                    "ordered_at": [pd.Timestamp("2024-05-01")],
+                    "revenue": [10.0],
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    store["order_lines"] = pd.concat(
+        [
+            store["order_lines"],
+            pd.DataFrame([(10, pid("C"), "cat", 1, 1.0)], columns=store["order_lines"].columns),
+        ],
+        ignore_index=True,
+    )
+    model = ItemSimilarity(min_support=2, n_seeds=1).fit(store, AS_OF)
+    assert fitted_histories(model).query("customer_id == 9")["product_id"].tolist() == [
+        pid("C"),
+        pid("B"),
+        pid("A"),
+    ]
+    assert products(model.recommend([9], n=1), 9) == [pid("E")]
+    model.n_seeds = 2  # B (viewed) joins the seeds: F at half weight comes after E
+    assert products(model.recommend([9], n=2), 9) == [pid("E"), pid("F")]
+
+
+def test_text_customer_ids() -> None:
+    baskets = {1: ["A", "B"], 2: ["A", "B"], 3: ["A", "C"], 4: ["A"]}
+    store = build_store(baskets, views=[(4, "C", "2024-05-01")])
+    as_text = {k: v.copy() for k, v in store.items()}
+    for name in ("customers", "orders", "web_events"):
+        as_text[name]["customer_id"] = "c" + as_text[name]["customer_id"].astype(str)
+    recs = ItemSimilarity(min_support=1).fit(store, AS_OF).recommend([4, 3, 77], n=2)
+    text = ItemSimilarity(min_support=1).fit(as_text, AS_OF).recommend(["c4", "c3", "c77"], n=2)
+    expected = recs.assign(customer_id="c" + recs["customer_id"].astype(str))
+    pd.testing.assert_frame_equal(text, expected)
+
+
+def test_histories_with_times_too_far_apart_for_offsets() -> None:
+    # offsets of 1 and 2**62 cannot be packed with the product: ranks are used instead
+    times = np.array([0, 1, 2**62, 5, 2**62], dtype=np.int64)
+    rows = np.array([0, 0, 0, 1, 1])
+    prods = np.array([2, 1, 0, 1, 0])
+    bought = np.array([True, False, False, False, True])
+    indptr, order, was_bought = _histories(rows, prods, times, bought, 2, 3)
+    assert indptr.tolist() == [0, 3, 5]
+    assert order.tolist() == [0, 1, 2, 0, 1]
+    assert was_bought.tolist() == [False, False, True, True, False]
