@@ -77,10 +77,11 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import zoneinfo
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import duckdb
@@ -102,6 +103,7 @@ __all__ = [
     "PROXY_USER_AGENT_PATTERNS",
     "flag_machine_opens",
     "machine_open_customers",
+    "shared_machine_opens",
     "engagement_scores",
     "preferred_send_time",
     "category_affinity",
@@ -286,18 +288,42 @@ def _email_events(store: Store, end: pd.Timestamp) -> Table:
 class _Labelled(NamedTuple):
     """The machine-open evidence of a store at a window end, as Ibis tables."""
 
-    #: One row per email (``customer_id``, ``campaign_id``) with a sent,
-    #: delivered or click event: ``delivered_at`` (first delivery), ``sent_at``,
-    #: ``ref_at`` (the delivery, or the send without one), ``first_click_at``,
-    #: ``last_click_at``, ``n_clicks``.
-    emails: Table
     #: Per customer with a delivered email: ``n_delivered``,
     #: ``n_fast_open_emails``, ``n_fast_clicked``, ``fast_open_share``,
     #: ``is_proxy_user``.
     evidence: Table
     #: Every open, labelled: the columns of :func:`flag_machine_opens` plus
-    #: ``has_delivery`` (its email has a ``delivered`` event).
+    #: ``has_delivery`` (its email has a ``delivered`` event); inside
+    #: :func:`shared_machine_opens` without ``variant``, ``user_agent``,
+    #: ``delivered_at`` and ``delay_seconds``.
     opens: Table
+
+
+#: Labels computed once for the calls inside :func:`shared_machine_opens`, by
+#: (store, window end, parameters); the store is held so its id stays its own.
+_SHARED: dict[tuple[int, pd.Timestamp, str], tuple[Store, _Labelled]] = {}
+
+#: The columns of the timed opens kept by :func:`shared_machine_opens`: what
+#: the labels, scores and send times read.
+_SHARED_OPEN_COLUMNS = (
+    "customer_id",
+    "campaign_id",
+    "occurred_at",
+    "machine_open",
+    "is_fast",
+    "has_delivery",
+    "ua_machine",
+)
+
+
+def _shared_key(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> tuple:
+    return (id(store), end, repr(sorted(params.items())))
+
+
+def _labels(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> _Labelled:
+    """The labels of :func:`shared_machine_opens` when inside one, else computed."""
+    shared = _SHARED.get(_shared_key(store, end, params))
+    return shared[1] if shared is not None else _label_opens(store, end, params)
 
 
 #: Most distinct user agents matched one by one (a store holds a few hundred
@@ -341,26 +367,21 @@ def _user_agent_rule(con: Any, opens: Table, patterns: Sequence[str]) -> ibis.Va
     return opens.user_agent.isin(found).fill_null(False)
 
 
-def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> _Labelled:
-    """Label every open before ``end`` and gather the per-customer proxy evidence.
+def _open_timing(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> Table:
+    """Every open before ``end`` with its email's delivery and the rules that need no evidence.
 
-    The work is one aggregation of the sent, delivered and click events per
-    email, one join of the opens with it, and per-customer aggregations;
-    nothing else reads every email event.
+    Columns: those of :func:`flag_machine_opens` up to ``is_fast``, plus
+    ``has_delivery`` and ``ua_machine``. The work is one aggregation of the
+    sent and delivered events per email and one join of the opens with it.
     """
     ev = _email_events(store, end)
     keys = ["customer_id", "campaign_id"]
-    sdc = ev.filter(ev.event_type.isin(["sent", "delivered", "click"]))
-    is_click = sdc.event_type == "click"
-    emails = sdc.group_by(keys).aggregate(
-        delivered_at=sdc.occurred_at.min(where=sdc.event_type == "delivered"),
-        sent_at=sdc.occurred_at.min(where=sdc.event_type == "sent"),
-        first_click_at=sdc.occurred_at.min(where=is_click),
-        last_click_at=sdc.occurred_at.max(where=is_click),
-        n_clicks=sdc.count(where=is_click),
+    sd = ev.filter(ev.event_type.isin(["sent", "delivered"]))
+    emails = sd.group_by(keys).aggregate(
+        delivered_at=sd.occurred_at.min(where=sd.event_type == "delivered"),
+        sent_at=sd.occurred_at.min(where=sd.event_type == "sent"),
     )
     emails = emails.mutate(ref_at=ibis.coalesce(emails.delivered_at, emails.sent_at))
-    emails = engine.reuse(emails, store.con.name)  # read by the opens and the evidence
 
     opens = ev.filter(ev.event_type == "open")
     ua_machine = _user_agent_rule(store.con, opens, params["user_agent_patterns"])
@@ -379,13 +400,23 @@ def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> 
     )
     max_delay = float(params["max_delay_seconds"])
     delay = _seconds_between(o.occurred_at, o.delivered_at)
-    o = o.mutate(
+    return o.mutate(
         delay_seconds=delay,
         is_fast=delay.between(-max_delay, max_delay).fill_null(False),
         has_delivery=o.has_delivery.fill_null(False),
     )
-    o = engine.reuse(o, store.con.name)  # read by the evidence and by the labels
 
+
+def _evidence(store: Store, end: pd.Timestamp, params: Mapping[str, Any], o: Table) -> Table:
+    """Per-customer proxy evidence from the timed opens ``o`` (:func:`_open_timing`)."""
+    ev = _email_events(store, end)
+    keys = ["customer_id", "campaign_id"]
+    # Delivered emails per customer: distinct campaigns, and the events
+    # without a campaign as one more email (as a group by counts them).
+    d = ev.filter(ev.event_type == "delivered")
+    delivered = d.group_by("customer_id").aggregate(
+        n_delivered=d.campaign_id.nunique() + d.campaign_id.isnull().any().cast(dt.int64)
+    )
     # Emails with a fast open the ESP did not call human: counted per customer
     # (a distinct count, no table of all such emails), and for the few
     # emails also clicked, whether a click followed the first fast open
@@ -405,10 +436,6 @@ def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> 
     fc = fc.filter((gap >= 0) & (gap <= window))
     fast_clicked = fc.group_by("customer_id").aggregate(n_fast_clicked=fc.campaign_id.nunique())
 
-    delivered = emails.group_by("customer_id").aggregate(
-        n_delivered=emails.count(where=emails.delivered_at.notnull())
-    )
-    delivered = delivered.filter(delivered.n_delivered > 0)
     j = delivered.left_join(fast_opened, "customer_id").left_join(fast_clicked, "customer_id")
     evidence = j.select(
         customer_id=delivered.customer_id,
@@ -417,7 +444,7 @@ def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> 
         n_fast_clicked=fast_clicked.n_fast_clicked.fill_null(0),
     )
     share = evidence.n_fast_open_emails.cast(dt.float64) / evidence.n_delivered
-    evidence = evidence.mutate(
+    return evidence.mutate(
         fast_open_share=share,
         is_proxy_user=(
             (evidence.n_delivered >= int(params["min_delivered"]))
@@ -429,7 +456,9 @@ def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> 
         ),
     )
 
-    evidence = engine.reuse(evidence, store.con.name)
+
+def _apply_labels(o: Table, evidence: Table) -> Table:
+    """The timed opens ``o`` labelled by the first rule that applies."""
     proxy = evidence.select("customer_id", "is_proxy_user")
     lab = o.left_join(proxy, "customer_id")
     lab = lab.select(
@@ -453,8 +482,14 @@ def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> 
             else_=False,
         ),
     ).drop("ua_machine")
-    lab = lab.relocate("has_delivery", after="is_machine")
-    return _Labelled(emails=emails, evidence=evidence, opens=lab)
+    return lab.relocate("has_delivery", after="is_machine")
+
+
+def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> _Labelled:
+    """Label every open before ``end`` and gather the per-customer proxy evidence."""
+    o = engine.reuse(_open_timing(store, end, params), store.con.name)  # evidence and labels
+    evidence = engine.reuse(_evidence(store, end, params, o), store.con.name)
+    return _Labelled(evidence=evidence, opens=_apply_labels(o, evidence))
 
 
 def flag_machine_opens(
@@ -595,7 +630,7 @@ def machine_open_customers(
     store = open_store(store)
     end = _window_end(as_of)
     customers = _customers_at(store, end).select("customer_id")
-    labels = _label_opens(store, end, params)
+    labels = _labels(store, end, params)
     labelled, evidence = labels.opens, labels.evidence
     counts = labelled.group_by("customer_id").aggregate(
         n_machine_opens=labelled.is_machine.cast(dt.int64).sum(),
@@ -624,6 +659,77 @@ def machine_open_customers(
         int(df["n_machine_opens"].sum()),
     )
     return df
+
+
+@contextlib.contextmanager
+def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) -> Iterator[Store]:
+    """Label the opens once for every call inside the ``with`` block.
+
+    :func:`engagement_scores`, :func:`preferred_send_time` and
+    :func:`machine_open_customers` each label every open before they use it
+    (:func:`flag_machine_opens`): an aggregation of the sent and delivered
+    events per email and a join of every open with it, the costliest part of
+    each. Inside this block, calls on the same store, ``as_of`` and machine
+    open parameters (their defaults unless given here and to the calls alike)
+    read the labels computed once on entry and kept by the engine (temporary
+    tables: seven narrow columns per open -- the open, its delivery and the
+    rules that need no evidence -- and the per-customer evidence), dropped on
+    exit. Results are those of the calls without the block. The store must
+    not change inside the block.
+
+    Parameters
+    ----------
+    store : Store, path or mapping
+        Anything :func:`bmkt.io.open_store` accepts.
+    as_of : str or Timestamp
+        Run date of the calls.
+    **machine_open_params
+        Keyword arguments of :func:`flag_machine_opens` (``max_delay_seconds``,
+        ...), as the calls pass them in ``machine_open_params``.
+
+    Yields
+    ------
+    Store
+        The opened store: pass it to the calls (a path or mapping opened
+        twice is two stores, which share nothing).
+
+    Examples
+    --------
+    >>> from bmkt.simulate import simulate_store
+    >>> sim = simulate_store(n_customers=200, days=90, seed=1)
+    >>> with shared_machine_opens(sim, "2024-06-30") as store:
+    ...     scores = engagement_scores(store, "2024-06-30")
+    ...     send = preferred_send_time(store, "2024-06-30")
+    >>> scores.equals(engagement_scores(sim, "2024-06-30"))
+    True
+    """
+    params = _machine_params(machine_open_params)
+    store = open_store(store)
+    end = _window_end(as_of)
+    key = _shared_key(store, end, params)
+    if key in _SHARED:  # nested: the outer block owns the tables
+        yield store
+        return
+    names = [ibis.util.gen_name("bmkt_opens"), ibis.util.gen_name("bmkt_open_evidence")]
+    timing = _open_timing(store, end, params).select(*_SHARED_OPEN_COLUMNS)
+    o = engine.register_table(store.con, names[0], timing)
+    evidence = engine.register_table(store.con, names[1], _evidence(store, end, params, o))
+    _SHARED[key] = (store, _Labelled(evidence=evidence, opens=_apply_labels(o, evidence)))
+    log.info("machine opens as of %s: labelled once for the block", end)
+    try:
+        yield store
+    finally:
+        _SHARED.pop(key, None)
+        for name in names:
+            _drop(store.con, name)
+
+
+def _drop(con: Any, name: str) -> None:
+    """Drop a table made by :func:`bmkt.engine.register_table` (a view on Spark)."""
+    try:
+        con.drop_table(name, force=True)
+    except Exception:  # noqa: BLE001 - Spark's backend keeps it as a view
+        con.drop_view(name, force=True)
 
 
 # --------------------------------------------------------------------------- engagement
@@ -724,8 +830,9 @@ def engagement_scores(
     store = open_store(store)
     end = _window_end(as_of)
     customers = _customers_at(store, end).select("customer_id")
-    labels = _label_opens(store, end, params)
-    emails, labelled = labels.emails, labels.opens
+    labels = _labels(store, end, params)
+    labelled = labels.opens
+    ev = _email_events(store, end)
 
     keys = ["customer_id", "campaign_id"]
     ln2 = math.log(2.0)
@@ -733,18 +840,36 @@ def engagement_scores(
     def decay(ts: ibis.Value) -> ibis.Value:
         return (_age_days(ts, end) * (-ln2 / half_life_days)).exp()
 
-    # Per customer from the per-email table: deliveries and clicks.
-    em = emails.mutate(first_click_at=_ts(emails.first_click_at))
-    per_email_clicks = em.group_by("customer_id").aggregate(
-        click_score=(decay(em.first_click_at).fill_null(0.0) * float(click_weight)).sum(),
-        last_click_at=_ts(em.last_click_at).max(),
-        n_delivered=em.count(where=em.delivered_at.notnull()),
-        n_clicks=em.n_clicks.sum(),
-        n_clicked_emails=em.count(where=em.delivered_at.notnull() & em.first_click_at.notnull()),
-        # events without a campaign are one email per customer; its opens
-        # never join the per-email table, so its delivery is looked up here
-        null_campaign_delivered=(em.campaign_id.isnull() & em.delivered_at.notnull()).any(),
+    def same_email(a: Table, b: Table) -> list[ibis.Value]:
+        # events without a campaign count as one email per customer (as a
+        # group by does), so campaigns compare null-safe
+        return [a.customer_id == b.customer_id, a.campaign_id.identical_to(b.campaign_id)]
+
+    # Clicks per clicked email, with whether that email was delivered: only the
+    # delivered events of clicked emails are read (a semi join).
+    clicks = ev.filter(ev.event_type == "click")
+    delivered = ev.filter(ev.event_type == "delivered")
+    cd = clicks.select(*keys, ts=_ts(clicks.occurred_at), is_click=True).union(
+        delivered.semi_join(clicks, same_email(delivered, clicks)).select(
+            *keys, ts=_ts(delivered.occurred_at), is_click=False
+        )
     )
+    clicked = cd.group_by(keys).aggregate(
+        first_click_at=cd.ts.min(where=cd.is_click),
+        last_click_at=cd.ts.max(where=cd.is_click),
+        n_clicks=cd.count(where=cd.is_click),
+        delivered=(~cd.is_click).any(),
+    )
+    click_stats = clicked.group_by("customer_id").aggregate(
+        click_score=(decay(clicked.first_click_at) * float(click_weight)).sum(),
+        last_click_at=clicked.last_click_at.max(),
+        n_clicks=clicked.n_clicks.sum(),
+        n_clicked_emails=clicked.count(where=clicked.delivered),
+    )
+    # Opens without a campaign never join their email's delivery (a join
+    # matches no null): whether that email was delivered is looked up here.
+    null_campaign = delivered.filter(delivered.campaign_id.isnull())
+    null_campaign = null_campaign.select("customer_id", null_campaign_delivered=True).distinct()
     # Per customer from the labelled opens: counts, and per email opened by a
     # person the first such open (each email counts once however often reopened).
     counted = (
@@ -765,30 +890,31 @@ def engagement_scores(
         n_opened_emails=opened.count(where=opened.has_delivery),
         null_campaign_opened=opened.campaign_id.isnull().any(),
     )
-    proxy = labels.evidence.select("customer_id", "is_proxy_user")
+    evidence = labels.evidence.select("customer_id", "n_delivered", "is_proxy_user")
     j = (
-        customers.left_join(per_email_clicks, "customer_id")
+        customers.left_join(click_stats, "customer_id")
         .left_join(open_counts, "customer_id")
         .left_join(open_scores, "customer_id")
-        .left_join(proxy, "customer_id")
+        .left_join(evidence, "customer_id")
+        .left_join(null_campaign, "customer_id")
     )
     out = j.select(
         customer_id=customers.customer_id,
         engagement_score=(
-            open_scores.open_score.fill_null(0.0) + per_email_clicks.click_score.fill_null(0.0)
+            open_scores.open_score.fill_null(0.0) + click_stats.click_score.fill_null(0.0)
         ),
         last_human_open_at=open_counts.last_human_open_at,
-        last_click_at=per_email_clicks.last_click_at,
-        n_delivered=per_email_clicks.n_delivered.fill_null(0),
+        last_click_at=click_stats.last_click_at,
+        n_delivered=evidence.n_delivered.fill_null(0),
         n_human_opens=open_counts.n_human_opens.fill_null(0),
         n_machine_opens=open_counts.n_machine_opens.fill_null(0),
-        n_clicks=per_email_clicks.n_clicks.fill_null(0),
+        n_clicks=click_stats.n_clicks.fill_null(0),
         n_opened_emails=open_scores.n_opened_emails.fill_null(0)
-        + (
-            open_scores.null_campaign_opened & per_email_clicks.null_campaign_delivered
-        ).fill_null(False).cast(dt.int64),
-        n_clicked_emails=per_email_clicks.n_clicked_emails.fill_null(0),
-        is_proxy_user=proxy.is_proxy_user.fill_null(False),
+        + (open_scores.null_campaign_opened & null_campaign.null_campaign_delivered)
+        .fill_null(False)
+        .cast(dt.int64),
+        n_clicked_emails=click_stats.n_clicked_emails.fill_null(0),
+        is_proxy_user=evidence.is_proxy_user.fill_null(False),
     )
     df = _execute(out).set_index("customer_id").sort_index()
     for c in ("last_human_open_at", "last_click_at"):
@@ -1008,7 +1134,7 @@ def preferred_send_time(
     end = _window_end(as_of)
     cust = _customer_zones(_customers_at(store, end), infer_timezone, min_timezone_customers)
 
-    labelled = _label_opens(store, end, params).opens
+    labelled = _labels(store, end, params).opens
     ev = _email_events(store, end)
     orders = store.table("orders")
     orders = orders.filter(orders.ordered_at < _ts_literal(end))
@@ -1279,9 +1405,7 @@ def category_affinity(
             per_cust.n_product_views,
             per_cust.n_order_lines,
             category_1=best.category_1,
-            category_1_share=ibis.ifelse(
-                per_cust.total > 0, best.score_1 / per_cust.total, 0.0
-            ),
+            category_1_share=ibis.ifelse(per_cust.total > 0, best.score_1 / per_cust.total, 0.0),
         )
     else:
         total = per_cat.score.sum().over(group_by=per_cat.customer_id)
@@ -1289,9 +1413,7 @@ def category_affinity(
             group_by=per_cat.customer_id,
             order_by=[ibis.desc(per_cat.rank_score), ibis.asc(per_cat.category)],
         )
-        ranked = per_cat.mutate(
-            share=ibis.ifelse(total > 0, per_cat.score / total, 0.0), rank=rank
-        )
+        ranked = per_cat.mutate(share=ibis.ifelse(total > 0, per_cat.score / total, 0.0), rank=rank)
         aggs: dict[str, Any] = {
             "n_product_views": ranked.n_views.sum(),
             "n_order_lines": ranked.n_lines.sum(),

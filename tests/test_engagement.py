@@ -22,6 +22,7 @@ from bmkt.engagement import (
     flag_machine_opens,
     machine_open_customers,
     preferred_send_time,
+    shared_machine_opens,
 )
 from bmkt.errors import ConfigError, DataError
 from bmkt.io import Store, open_store
@@ -660,6 +661,109 @@ def test_inputs_are_not_mutated() -> None:
     channel_preference(store, AS_OF)
     for name, frame in before.items():
         pd.testing.assert_frame_equal(store[name], frame)
+
+
+def test_shared_machine_opens_gives_the_same_results(sim_store: Store) -> None:
+    import bmkt.engagement as engagement
+
+    params = {"max_fast_click_share": 0.5, "min_delivered": 2}
+    want = [
+        engagement_scores(sim_store, AS_OF, machine_open_params=params),
+        preferred_send_time(sim_store, AS_OF, machine_open_params=params),
+        machine_open_customers(sim_store, AS_OF, **params),
+        engagement_scores(sim_store, AS_OF, include_machine_opens=True, machine_open_params=params),
+    ]
+    with shared_machine_opens(sim_store, AS_OF, **params) as store:
+        assert store is sim_store and len(engagement._SHARED) == 1
+        got = [
+            engagement_scores(store, AS_OF, machine_open_params=params),
+            preferred_send_time(store, AS_OF, machine_open_params=params),
+            machine_open_customers(store, AS_OF, **params),
+            engagement_scores(store, AS_OF, include_machine_opens=True, machine_open_params=params),
+        ]
+        # other parameters are not what was shared: computed as without the block
+        pd.testing.assert_frame_equal(
+            engagement_scores(store, AS_OF), engagement_scores(open_store(store), AS_OF)
+        )
+        with shared_machine_opens(store, AS_OF, **params):  # nested: the outer block owns it
+            pd.testing.assert_frame_equal(
+                engagement_scores(store, AS_OF, machine_open_params=params), want[0]
+            )
+        assert len(engagement._SHARED) == 1
+    for g, w in zip(got, want, strict=True):
+        pd.testing.assert_frame_equal(g, w)
+    assert not engagement._SHARED
+    assert not [t for t in sim_store.con.list_tables() if t.startswith("bmkt_open")]  # dropped
+
+
+def test_send_hour_ties_go_to_the_earliest_hour() -> None:
+    # Orders of equal weight at 09:00 and 11:00 (UTC): the smoothed histogram
+    # peaks equally at 9 and 11 (10 between them is lower with a half-hour
+    # kernel); the earliest wins, whatever the order of summation.
+    store = base_tables([1])
+    times = [
+        pd.Timestamp("2024-03-04") + pd.Timedelta(days=7 * k, hours=h)
+        for k in range(6)
+        for h in (9, 11)
+    ]
+    store["orders"] = pd.DataFrame(
+        {
+            "order_id": range(1, len(times) + 1),
+            "customer_id": [1] * len(times),
+            "ordered_at": times,
+            "revenue": [10.0] * len(times),
+        }
+    )
+    send = preferred_send_time(store, AS_OF, smoothing_hours=0.5, peak_window_hours=0.5)
+    assert send.loc[1, "preferred_hour"] == 9
+    assert send.loc[1, "preferred_weekday"] == 0
+
+
+def test_category_ties_go_by_name_whatever_the_rounding() -> None:
+    # 3 views at 0.1 score as much as one ordered line at 0.3 (0.1 + 0.1 + 0.1
+    # is 0.30000000000000004 in floating point): a tie, broken by name.
+    store = base_tables([1])
+    store["web_events"] = pd.DataFrame(
+        {
+            "customer_id": [1, 1, 1],
+            "occurred_at": pd.to_datetime(["2024-06-01", "2024-06-02", "2024-06-03"]),
+            "event_type": ["product_view"] * 3,
+            "product_id": [1, 1, 1],
+            "category": ["shoes"] * 3,
+        }
+    )
+    store["orders"] = pd.DataFrame(
+        {
+            "order_id": [1],
+            "customer_id": [1],
+            "ordered_at": [pd.Timestamp("2024-06-05")],
+            "revenue": [5.0],
+        }
+    )
+    store["order_lines"] = pd.DataFrame(
+        {"order_id": [1], "product_id": [2], "category": ["bags"], "quantity": [1], "price": [5.0]}
+    )
+    for top_n in (1, 2):
+        aff = category_affinity(store, AS_OF, top_n=top_n, view_weight=0.1, order_weight=0.3)
+        assert aff.loc[1, "category_1"] == "bags"
+        assert aff.loc[1, "category_1_share"] == pytest.approx(0.5)
+
+
+def test_opens_of_emails_without_a_campaign_count_as_one_email() -> None:
+    # Events without a campaign id are one email per customer, as everywhere
+    # a group by counts emails: its delivery makes its human open an opened email.
+    ev = Events()
+    ev.add(1, 1, "2024-06-01 08:00", "delivered")
+    ev.add(1, 1, "2024-06-01 12:00", "open", CHROME)
+    for _ in range(2):  # twice: still one email
+        ev.add(1, None, "2024-06-02 08:00", "delivered")  # type: ignore[arg-type]
+    ev.add(1, None, "2024-06-02 12:00", "open", CHROME)  # type: ignore[arg-type]
+    ev.add(1, None, "2024-06-02 12:05", "click", CHROME)  # type: ignore[arg-type]
+    store = base_tables([1])
+    store["email_events"] = ev.frame()
+    row = engagement_scores(store, AS_OF).loc[1]
+    assert (row["n_delivered"], row["n_opened_emails"], row["n_clicked_emails"]) == (2, 2, 1)
+    assert machine_open_customers(store, AS_OF).loc[1, "n_delivered"] == 2
 
 
 # --------------------------------------------------------------------------- simulator ground truth
