@@ -907,6 +907,12 @@ def _to_frame(data: Any, what: str, columns: Sequence[str] | None = None) -> pd.
     if isinstance(data, Table):
         if columns is not None:
             data = data.select([c for c in columns if c in data.columns])
+        simple = all(
+            t.is_integer() or t.is_floating() or t.is_string() or t.is_boolean()
+            for t in data.schema().types
+        )
+        if simple:  # Arrow gives these the frame ibis' to_pandas would, without its passes
+            return data.to_pyarrow().to_pandas()
         return data.to_pandas()
     if isinstance(data, pd.DataFrame):
         return data
@@ -976,21 +982,23 @@ def _prepare_customers(
             "is duplicated",
             sorted(cust.loc[dup, "customer_id"].unique().tolist())[:5],
         )
-    email = cust["email"].astype(object)
-    text = pd.Series(
-        np.where(email.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool), email, None),
-        index=cust.index,
-    ).astype("string")
-    present = (text.str.strip().str.len() > 0).fillna(False).astype(bool)
-    valid = (
-        present
-        & text.str.match(EMAIL_REGEX).fillna(False).astype(bool)
-        & ~text.str.startswith(FORMULA_PREFIXES).fillna(False).astype(bool)
-    )
-    addr = text.str.strip().str.lower().where(valid).astype(object)
-    addr = addr.where(addr.notna(), None)
-    status = cust["email_status"].astype("string").str.strip().str.lower().astype(object)
-    status = status.where(status.notna(), None)
+    # address checks on the text as given (non-text is no address); one pass per value
+    present_l, valid_l, addr_l = [], [], []
+    match = _EMAIL_RE.match
+    for v in cust["email"].tolist():
+        stripped = v.strip() if isinstance(v, str) else ""
+        ok = bool(stripped) and match(v) is not None and not v.startswith(FORMULA_PREFIXES)
+        present_l.append(bool(stripped))
+        valid_l.append(ok)
+        addr_l.append(stripped.lower() if ok else None)
+    present = pd.Series(present_l, index=cust.index, dtype=bool)
+    valid = pd.Series(valid_l, index=cust.index, dtype=bool)
+    addr = pd.Series(addr_l, index=cust.index, dtype=object)
+    # statuses take a handful of values: normalise each distinct one once
+    codes, uniques = pd.factorize(cust["email_status"])
+    norm = pd.Series(uniques).astype("string").str.strip().str.lower().astype(object)
+    norm = np.append(norm.where(norm.notna(), None).to_numpy(dtype=object), None)
+    status = pd.Series(norm[codes], index=cust.index, dtype=object)
     consent = _true_only(cust["email_consent"])
     bad_addr = set(addr[status.isin(_BAD_STATUSES) & addr.notna()])
     masks = {
@@ -1050,7 +1058,8 @@ def _prepare_triggers(triggers: pd.DataFrame | None, end: pd.Timestamp) -> pd.Da
         return None
     frame = _to_frame(triggers, "triggers")
     _require(frame, "triggers", ("customer_id", "trigger", "triggered_at"))
-    out = frame.copy()
+    used = ("customer_id", "trigger", "triggered_at", "products", "categories")
+    out = frame[[c for c in used if c in frame.columns]].copy()  # what campaigns read
     out["triggered_at"] = _naive_utc(out["triggered_at"])
     out["_key"] = id_strings(out["customer_id"]).to_numpy()
     later = out["triggered_at"] >= end
@@ -1060,10 +1069,13 @@ def _prepare_triggers(triggers: pd.DataFrame | None, end: pd.Timestamp) -> pd.Da
     unknown = sorted(set(out["trigger"].dropna().astype(str)) - set(TRIGGERS))
     if unknown:
         log.info("ignoring triggers no campaign can target: %s", unknown)
-    # most recent first; on equal times, trigger name decides (deterministic)
-    return out.sort_values(
-        ["_key", "triggered_at", "trigger"], ascending=[True, False, True], kind="mergesort"
-    )
+    # per customer, most recent first; on equal times, trigger name decides (deterministic).
+    # Customers come in order of first appearance (only the order within one counts).
+    customer = pd.factorize(out["_key"])[0]
+    when = out["triggered_at"].to_numpy().view(np.int64)
+    name, names = pd.factorize(out["trigger"], sort=True)
+    name = np.where(name < 0, len(names), name)  # a null name sorts last
+    return out.iloc[np.lexsort((name, -when, customer))]
 
 
 def _join_list(v: Any) -> str | None:
@@ -1091,23 +1103,42 @@ def _recommendation_columns(recommendations: pd.DataFrame | None) -> pd.DataFram
     # order within a customer: rank, score (descending), then product id as text
     product_order = np.empty(len(product_text), dtype=np.int64)
     product_order[np.argsort(product_text, kind="stable")] = np.arange(len(product_text))
-    work = pd.DataFrame({"_k": keys, "_p": np.where(products >= 0, product_order[products], -1)})
-    order, asc = ["_k"], [True]
-    if "rank" in rec.columns:
-        work["rank"] = rec["rank"].to_numpy()
-        order, asc = order + ["rank"], asc + [True]
-    if "score" in rec.columns:
-        work["score"] = rec["score"].to_numpy()
-        order, asc = order + ["score"], asc + [False]
-    work = work.sort_values(order + ["_p"], ascending=asc + [True], kind="mergesort")
-    work = work[(work["_k"] >= 0) & (work["_p"] >= 0)].drop_duplicates(["_k", "_p"])
-    n = work.groupby("_k", sort=False).cumcount().to_numpy()
-    k = work["_k"].to_numpy()
+    prod = np.where(products >= 0, product_order[products], -1)
+    rank = rec["rank"].to_numpy() if "rank" in rec.columns else None
+    score = rec["score"].to_numpy() if "score" in rec.columns else None
+    if (rank is None or rank.dtype.kind in "iuf") and (score is None or score.dtype.kind == "f"):
+        # a stable sort on numbers, as the frame sort: NaN ranks and scores last
+        sort_keys = [prod] + ([-score] if score is not None else [])
+        sort_keys += ([rank] if rank is not None else []) + [keys]
+        order = np.lexsort(sort_keys)
+    else:
+        work = pd.DataFrame({"_k": keys, "_p": prod})
+        by, asc = ["_k"], [True]
+        if rank is not None:
+            work["rank"] = rank
+            by, asc = by + ["rank"], asc + [True]
+        if score is not None:
+            work["score"] = score
+            by, asc = by + ["score"], asc + [False]
+        work = work.sort_values(by + ["_p"], ascending=asc + [True], kind="mergesort")
+        order = work.index.to_numpy()
+    k, p = keys[order], prod[order]
+    listed_ok = (k >= 0) & (p >= 0)
+    k, p = k[listed_ok], p[listed_ok]
+    # the first of each (customer, product), then its place within the customer
+    pair = k.astype(np.int64) * max(len(product_text), 1) + p
+    first = np.zeros(len(k), dtype=bool)
+    first[np.unique(pair, return_index=True)[1]] = True
+    k, p = k[first], p[first]
+    new_k = np.ones(len(k), dtype=bool)
+    new_k[1:] = k[1:] != k[:-1]
+    starts = np.flatnonzero(new_k)
+    n = np.arange(len(k)) - np.repeat(starts, np.diff(np.append(starts, len(k))))
     listed = np.unique(k)
     row = np.searchsorted(listed, k)
     by_order = np.empty(len(product_text), dtype=np.int64)
     by_order[product_order] = np.arange(len(product_text))
-    text = product_text[by_order[work["_p"].to_numpy()]]
+    text = product_text[by_order[p]]
     wide = {"_key": key_text[listed]}
     for i, col in enumerate(("rec_1", "rec_2", "rec_3")):
         at = n == i

@@ -20,6 +20,10 @@ from bmkt.plan import (
     FORMULA_PREFIXES,
     SEND_COLUMNS,
     Campaign,
+    _prepare_customers,
+    _prepare_triggers,
+    _recommendation_columns,
+    _to_frame,
     build_plan,
     id_strings,
     load_campaigns,
@@ -803,3 +807,121 @@ def test_suppression_ids_written_as_text_still_suppress(tmp_path) -> None:
     plan = plan_for(cust, [camp()], suppression=listing)
     sent = set(plan.sends.customer_id)
     assert ids[0] not in sent and ids[1] not in sent and {ids[2], ids[3]} <= sent
+
+
+def _customers_reference(
+    customers: pd.DataFrame,
+) -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
+    """Address and status checks written with pandas string methods (the definition)."""
+    email = customers["email"].astype(object)
+    text = pd.Series(
+        np.where(email.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool), email, None)
+    ).astype("string")
+    present = (text.str.strip().str.len() > 0).fillna(False).astype(bool)
+    valid = (
+        present
+        & text.str.match(EMAIL_REGEX).fillna(False).astype(bool)
+        & ~text.str.startswith(FORMULA_PREFIXES).fillna(False).astype(bool)
+    )
+    addr = text.str.strip().str.lower().where(valid).astype(object)
+    status = customers["email_status"].astype("string").str.strip().str.lower().astype(object)
+    return present, valid, addr.where(addr.notna(), None), status.where(status.notna(), None)
+
+
+def test_prepared_customers_match_the_string_method_definition() -> None:
+    emails = [
+        "a@example.com",
+        " B@Example.COM ",
+        "",
+        "   ",
+        None,
+        np.nan,
+        42,
+        "no-at-sign",
+        "=cmd@example.com",
+        "-x@example.com",
+        "x@example.com\n",
+        "ünï@example.com",
+        "a@b",
+        "\tq@example.com",
+    ]
+    statuses = [
+        "subscribed",
+        " Subscribed ",
+        "UNSUBSCRIBED",
+        None,
+        np.nan,
+        "complained",
+        "bounced",
+        "weird",
+        3,
+        "subscribed",
+        "subscribed",
+        "subscribed",
+        "subscribed",
+        "subscribed",
+    ]
+    customers = pd.DataFrame(
+        {
+            "customer_id": range(1, len(emails) + 1),
+            "email": pd.Series(emails, dtype=object),
+            "email_status": pd.Series(statuses, dtype=object),
+            "email_consent": True,
+        }
+    )
+    cust = _prepare_customers(customers, set(), set(), set())
+    present, valid, addr, status = _customers_reference(customers)
+    assert cust["_addr"].tolist() == addr.tolist()
+    reasons = cust["reasons"].fillna("")
+    assert reasons.str.contains("missing_email").tolist() == (~present).tolist()
+    assert reasons.str.contains("invalid_email").tolist() == (present & ~valid).tolist()
+    unknown = ~status.isin(["subscribed", "complained", "unsubscribed", "bounced"])
+    assert cust["reasons"].fillna("").str.contains("email_status_unknown").tolist() == (
+        unknown.tolist()
+    )
+
+
+def test_to_frame_from_ibis_matches_to_pandas() -> None:
+    import ibis
+
+    con = ibis.duckdb.connect()
+    df = pd.DataFrame(
+        {
+            "customer_id": pd.array([1, None, 3], dtype="Int64"),
+            "email": ["a@example.com", None, "c@example.com"],
+            "email_status": ["subscribed", "bounced", None],
+            "email_consent": pd.array([True, None, False], dtype="boolean"),
+            "timezone": [None, "Europe/Berlin", "UTC"],
+        }
+    )
+    table = con.create_table("customers", df)
+    pd.testing.assert_frame_equal(_to_frame(table, "customers"), table.to_pandas())
+
+
+def test_recommendation_columns_order_nulls_last() -> None:
+    recs = pd.DataFrame(
+        {
+            "customer_id": [1, 1, 1, 1, 2, 2, 2, None],
+            "rank": [np.nan, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0],
+            "product_id": [10, 11, 12, 13, 20, 21, 20, 30],
+            "score": [0.9, np.nan, 0.1, 0.5, 0.3, 0.3, 0.9, 0.1],
+        }
+    )
+    wide = _recommendation_columns(recs).set_index("_key")
+    assert wide.loc["1"].tolist() == ["11", "13", "12"]
+    assert wide.loc["2"].tolist()[:2] == ["20", "21"]  # 20 counted once, at its best row
+    assert "30" not in wide.to_numpy()
+
+
+def test_triggers_most_recent_first_then_by_name() -> None:
+    t = pd.Timestamp("2024-06-01")
+    triggers = pd.DataFrame(
+        {
+            "customer_id": [7, 5, 7, 7, 5],
+            "trigger": ["winback", "welcome", "cart_abandonment", "welcome", None],
+            "triggered_at": [t, t, t, t + pd.Timedelta(hours=1), t],
+        }
+    )
+    out = _prepare_triggers(triggers, pd.Timestamp("2024-07-01"))
+    by_customer = {k: g["trigger"].tolist() for k, g in out.groupby("_key", sort=False)}
+    assert by_customer == {"7": ["welcome", "cart_abandonment", "winback"], "5": ["welcome", None]}
