@@ -367,12 +367,14 @@ def _user_agent_rule(con: Any, opens: Table, patterns: Sequence[str]) -> ibis.Va
     return opens.user_agent.isin(found).fill_null(False)
 
 
-def _open_timing(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> Table:
+def _open_timing(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> tuple[Table, Table]:
     """Every open before ``end`` with its email's delivery and the rules that need no evidence.
 
-    Columns: those of :func:`flag_machine_opens` up to ``is_fast``, plus
-    ``has_delivery`` and ``ua_machine``. The work is one aggregation of the
-    sent and delivered events per email and one join of the opens with it.
+    Returns the opens -- the columns of :func:`flag_machine_opens` up to
+    ``is_fast``, plus ``has_delivery`` and ``ua_machine`` -- and the
+    per-email table they were joined with (``customer_id``, ``campaign_id``,
+    ``delivered_at``, ``sent_at``, ``ref_at``). The work is one aggregation
+    of the sent and delivered events per email and one join of the opens with it.
     """
     ev = _email_events(store, end)
     keys = ["customer_id", "campaign_id"]
@@ -382,6 +384,7 @@ def _open_timing(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> 
         sent_at=sd.occurred_at.min(where=sd.event_type == "sent"),
     )
     emails = emails.mutate(ref_at=ibis.coalesce(emails.delivered_at, emails.sent_at))
+    emails = engine.reuse(emails, store.con.name)  # read by the opens and the evidence
 
     opens = ev.filter(ev.event_type == "open")
     ua_machine = _user_agent_rule(store.con, opens, params["user_agent_patterns"])
@@ -400,23 +403,37 @@ def _open_timing(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> 
     )
     max_delay = float(params["max_delay_seconds"])
     delay = _seconds_between(o.occurred_at, o.delivered_at)
-    return o.mutate(
+    o = o.mutate(
         delay_seconds=delay,
         is_fast=delay.between(-max_delay, max_delay).fill_null(False),
         has_delivery=o.has_delivery.fill_null(False),
     )
+    return o, emails
 
 
-def _evidence(store: Store, end: pd.Timestamp, params: Mapping[str, Any], o: Table) -> Table:
-    """Per-customer proxy evidence from the timed opens ``o`` (:func:`_open_timing`)."""
+def _evidence(
+    store: Store,
+    end: pd.Timestamp,
+    params: Mapping[str, Any],
+    o: Table,
+    emails: Table | None = None,
+) -> Table:
+    """Per-customer proxy evidence from the timed opens ``o`` and emails of :func:`_open_timing`.
+
+    Without ``emails`` the delivered emails are counted from the events.
+    """
     ev = _email_events(store, end)
     keys = ["customer_id", "campaign_id"]
-    # Delivered emails per customer: distinct campaigns, and the events
-    # without a campaign as one more email (as a group by counts them).
-    d = ev.filter(ev.event_type == "delivered")
-    delivered = d.group_by("customer_id").aggregate(
-        n_delivered=d.campaign_id.nunique() + d.campaign_id.isnull().any().cast(dt.int64)
-    )
+    if emails is not None:
+        has = emails.delivered_at.notnull()
+        delivered = emails.filter(has).group_by("customer_id").aggregate(n_delivered=ibis._.count())
+    else:
+        # distinct campaigns, and the events without a campaign as one more
+        # email (as the per-email grouping counts them)
+        d = ev.filter(ev.event_type == "delivered")
+        delivered = d.group_by("customer_id").aggregate(
+            n_delivered=d.campaign_id.nunique() + d.campaign_id.isnull().any().cast(dt.int64)
+        )
     # Emails with a fast open the ESP did not call human: counted per customer
     # (a distinct count, no table of all such emails), and for the few
     # emails also clicked, whether a click followed the first fast open
@@ -487,8 +504,9 @@ def _apply_labels(o: Table, evidence: Table) -> Table:
 
 def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> _Labelled:
     """Label every open before ``end`` and gather the per-customer proxy evidence."""
-    o = engine.reuse(_open_timing(store, end, params), store.con.name)  # evidence and labels
-    evidence = engine.reuse(_evidence(store, end, params, o), store.con.name)
+    o, emails = _open_timing(store, end, params)
+    o = engine.reuse(o, store.con.name)  # read by the evidence and the labels
+    evidence = engine.reuse(_evidence(store, end, params, o, emails), store.con.name)
     return _Labelled(evidence=evidence, opens=_apply_labels(o, evidence))
 
 
@@ -711,7 +729,7 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
         yield store
         return
     names = [ibis.util.gen_name("bmkt_opens"), ibis.util.gen_name("bmkt_open_evidence")]
-    timing = _open_timing(store, end, params).select(*_SHARED_OPEN_COLUMNS)
+    timing = _open_timing(store, end, params)[0].select(*_SHARED_OPEN_COLUMNS)
     o = engine.register_table(store.con, names[0], timing)
     evidence = engine.register_table(store.con, names[1], _evidence(store, end, params, o))
     _SHARED[key] = (store, _Labelled(evidence=evidence, opens=_apply_labels(o, evidence)))
@@ -1173,7 +1191,11 @@ def preferred_send_time(
     # when empty) where smoothing and the mode are arithmetic on columns.
     hours = e.group_by(["customer_id", "hour"]).aggregate(w=e.w.sum())
     hour_w = _pivot(hours, "hour", "w", 24)
-    smoothed = _smooth_circular(hour_w, _gaussian_kernel(float(smoothing_hours)))
+    smoothed = _smooth_circular(
+        hour_w,
+        _gaussian_kernel(float(smoothing_hours)),
+        positive=min(open_weight, click_weight, order_weight) > 0,
+    )
     mode_hour = hours.group_by("customer_id").aggregate(
         **{f"_s{h}": s for h, s in enumerate(smoothed)}
     )
@@ -1266,12 +1288,16 @@ def _pivot(t: Table, key: str, value: str, n: int) -> list[ibis.Value]:
     return [ibis.ifelse(t[key] == i, t[value], ibis.null(dt.float64)).sum() for i in range(n)]
 
 
-def _smooth_circular(values: Sequence[ibis.Value], kernel: pd.DataFrame) -> list[ibis.Value]:
+def _smooth_circular(
+    values: Sequence[ibis.Value], kernel: pd.DataFrame, *, positive: bool = False
+) -> list[ibis.Value]:
     """Circular convolution of a histogram held in columns (null: empty bin).
 
     Bin ``i`` becomes ``sum_o k[o] * values[(i - o) % n]`` over the kernel's
     offsets ``o``, null when every bin within the kernel's reach is null (as
-    the long form, one row per non-empty bin, leaves such a bin out). The
+    the long form, one row per non-empty bin, leaves such a bin out). With
+    ``positive`` (every non-empty bin > 0) a sum of 0 is taken for null, a
+    cheaper test that leaves the mode as it is: the largest bin is then > 0. The
     kernel is symmetric, so the two bins at offsets ``-o`` and ``+o`` are added
     before they are weighted: a histogram symmetric about two bins then
     smooths to exactly equal values, and ties go to the earlier bin whatever
@@ -1289,8 +1315,11 @@ def _smooth_circular(values: Sequence[ibis.Value], kernel: pd.DataFrame) -> list
         for o in range(1, reach + 1):
             pair = filled[(i - o) % n] + filled[(i + o) % n]
             total = total + pair * engine.float_literal(weights[o])
-        present = ibis.or_(*[values[(i + o) % n].notnull() for o in range(-reach, reach + 1)])
-        out.append(ibis.ifelse(present, total, ibis.null(dt.float64)))
+        if positive:
+            out.append(total.nullif(0.0))
+        else:
+            near = [values[(i + o) % n].notnull() for o in range(-reach, reach + 1)]
+            out.append(ibis.ifelse(ibis.or_(*near), total, ibis.null(dt.float64)))
     return out
 
 
