@@ -1083,11 +1083,28 @@ def _join_list(v: Any) -> str | None:
         items = list(v)
         if isinstance(v, set | frozenset):
             items = sorted(items, key=str)
-        keys = [k for k in id_strings(pd.Series(items, dtype=object)).tolist() if k is not None]
+        keys = [k for k in map(_one_id, items) if k is not None]  # id_strings, item by item
         return LIST_SEPARATOR.join(keys) if keys else None
     if v is None or (not isinstance(v, str) and pd.isna(v)):
         return None
     return str(v)
+
+
+def _lexsort(keys: list[np.ndarray]) -> np.ndarray:
+    """``np.lexsort(keys)``, without sorting when the rows already come in that order.
+
+    (Recommendations usually arrive sorted by customer and rank.)
+    """
+    n = len(keys[0])
+    if n > 1 and not any(k.dtype.kind == "f" and np.isnan(k).any() for k in keys):
+        in_order = np.ones(n - 1, dtype=bool)
+        tied = np.ones(n - 1, dtype=bool)
+        for k in reversed(keys):  # the last key is the primary one
+            in_order &= ~(tied & (k[:-1] > k[1:]))
+            tied &= k[:-1] == k[1:]
+        if in_order.all():
+            return np.arange(n)
+    return np.lexsort(keys)
 
 
 def _recommendation_columns(recommendations: pd.DataFrame | None) -> pd.DataFrame:
@@ -1110,7 +1127,7 @@ def _recommendation_columns(recommendations: pd.DataFrame | None) -> pd.DataFram
         # a stable sort on numbers, as the frame sort: NaN ranks and scores last
         sort_keys = [prod] + ([-score] if score is not None else [])
         sort_keys += ([rank] if rank is not None else []) + [keys]
-        order = np.lexsort(sort_keys)
+        order = _lexsort(sort_keys)
     else:
         work = pd.DataFrame({"_k": keys, "_p": prod})
         by, asc = ["_k"], [True]
@@ -1347,6 +1364,18 @@ def _audience(
     return frame
 
 
+def _cumcount(codes: np.ndarray) -> np.ndarray:
+    """How many earlier elements share each element's code (``groupby().cumcount()``)."""
+    order = np.argsort(codes, kind="stable")
+    ranked = codes[order]
+    new = np.ones(len(ranked), dtype=bool)
+    new[1:] = ranked[1:] != ranked[:-1]
+    starts = np.flatnonzero(new)
+    out = np.empty(len(codes), dtype=np.int64)
+    out[order] = np.arange(len(codes)) - np.repeat(starts, np.diff(np.append(starts, len(codes))))
+    return out
+
+
 def _arbitrate(
     cand: pd.DataFrame,
     history: pd.DataFrame,
@@ -1356,6 +1385,51 @@ def _arbitrate(
     """Reason (None = send, ``daily_limit``, ``frequency_cap``) per candidate row."""
     if cand.empty:
         return np.zeros(0, dtype=object)
+    if cand["_addr"].isna().any():  # not from build_plan (its candidates have addresses)
+        return _arbitrate_frames(cand, history, max_per_day, frequency_cap)
+    # candidates in priority order (ties: campaign id, then customer key as text)
+    campaign = pd.factorize(cand["campaign_id"], sort=True)[0]
+    key = pd.factorize(cand["_key"], sort=True)[0]
+    order = np.lexsort((key, campaign, -cand["_priority"].to_numpy(dtype=np.int64)))
+    # recipients and days as codes shared with the history
+    n = len(cand)
+    addr = pd.factorize(
+        np.concatenate([cand["_addr"].to_numpy(object), history["_addr"].to_numpy(object)])
+    )[0]
+    days = np.concatenate(
+        [
+            cand["_day"].to_numpy(dtype="datetime64[ns]"),
+            history["_day"].to_numpy(dtype="datetime64[ns]"),
+        ]
+    )
+    day = pd.factorize(days.view(np.int64))[0]
+    n_days = int(day.max()) + 1
+    slot = addr.astype(np.int64) * n_days + day
+    n_addr = int(addr.max()) + 1
+    day_used = pd.Series(slot[n:]).value_counts()
+    window_used = np.bincount(addr[n:], minlength=n_addr)
+    c_slot, c_addr = slot[:n][order], addr[:n][order]
+    day_rank = _cumcount(c_slot) + day_used.reindex(c_slot, fill_value=0).to_numpy(np.int64)
+    reason = np.full(n, None, dtype=object)
+    lost_day = day_rank >= max_per_day
+    reason[lost_day] = "daily_limit"
+    keep = ~lost_day
+    rank = _cumcount(c_addr[keep]) + window_used[c_addr[keep]]
+    sub = reason[keep]
+    sub[rank >= frequency_cap] = "frequency_cap"
+    reason[keep] = sub
+    out = np.empty(n, dtype=object)
+    out[order] = reason
+    return out
+
+
+def _arbitrate_frames(
+    cand: pd.DataFrame,
+    history: pd.DataFrame,
+    max_per_day: int,
+    frequency_cap: int,
+) -> np.ndarray:
+    """:func:`_arbitrate` with frame operations (candidates without an address)."""
     order = cand.sort_values(
         ["_priority", "campaign_id", "_key"], ascending=[False, True, True], kind="mergesort"
     )

@@ -925,3 +925,31 @@ def test_triggers_most_recent_first_then_by_name() -> None:
     out = _prepare_triggers(triggers, pd.Timestamp("2024-07-01"))
     by_customer = {k: g["trigger"].tolist() for k, g in out.groupby("_key", sort=False)}
     assert by_customer == {"7": ["welcome", "cart_abandonment", "winback"], "5": ["welcome", None]}
+
+
+def test_arbitration_matches_the_frame_definition() -> None:
+    from bmkt.plan import _arbitrate, _arbitrate_frames
+
+    rng = np.random.default_rng(3)
+    addrs = [f"a{i}@example.com" for i in range(5)]
+    for _ in range(100):
+        n, m = int(rng.integers(1, 40)), int(rng.integers(0, 30))
+        cand = pd.DataFrame(
+            {
+                "_priority": rng.integers(0, 3, n),
+                "campaign_id": rng.choice(["c1", "c2", "c10"], n),
+                "_key": [str(x) for x in rng.integers(1, 30, n)],
+                "_addr": rng.choice(addrs, n),
+                "_day": rng.choice(pd.to_datetime(["2024-07-01", "2024-07-02"]), n),
+            }
+        ).drop_duplicates(["campaign_id", "_key"])
+        history = pd.DataFrame(
+            {
+                "_addr": rng.choice([*addrs, "other@example.com"], m),
+                "_day": rng.choice(pd.to_datetime(["2024-07-01", "2024-06-30"]), m),
+            }
+        )
+        for max_per_day, cap in ((1, 3), (2, 1), (1, 0)):
+            assert list(_arbitrate(cand, history, max_per_day, cap)) == list(
+                _arbitrate_frames(cand, history, max_per_day, cap)
+            )
