@@ -1190,18 +1190,16 @@ def preferred_send_time(
     # non-empty bin, pivoted to one row per customer (a column per bin, null
     # when empty) where smoothing and the mode are arithmetic on columns.
     hours = e.group_by(["customer_id", "hour"]).aggregate(w=e.w.sum())
-    hour_w = _pivot(hours, "hour", "w", 24)
+    wide = hours.group_by("customer_id").aggregate(
+        **{f"_h{h}": v for h, v in enumerate(_pivot(hours, "hour", "w", 24))}
+    )
     smoothed = _smooth_circular(
-        hour_w,
+        [wide[f"_h{h}"] for h in range(24)],
         _gaussian_kernel(float(smoothing_hours)),
         positive=min(open_weight, click_weight, order_weight) > 0,
     )
-    mode_hour = hours.group_by("customer_id").aggregate(
-        **{f"_s{h}": s for h, s in enumerate(smoothed)}
-    )
-    mode_hour = mode_hour.select(
-        "customer_id", mode=_argmax_columns([mode_hour[f"_s{h}"] for h in range(24)])
-    )
+    wide = wide.select("customer_id", **{f"_s{h}": v for h, v in enumerate(smoothed)})
+    mode_hour = _argmax_columns(wide, [f"_s{h}" for h in range(24)], "mode")
     # Refine: weighted mean time of the events within ``peak_window_hours`` of
     # the mode (offsets taken round the clock), rounded to the nearest hour.
     near = e.inner_join(mode_hour, "customer_id")
@@ -1218,9 +1216,7 @@ def preferred_send_time(
     best_day = days.group_by("customer_id").aggregate(
         **{f"_d{d}": v for d, v in enumerate(_pivot(days, "weekday", "w", 7))}
     )
-    best_day = best_day.select(
-        "customer_id", weekday=_argmax_columns([best_day[f"_d{d}"] for d in range(7)])
-    )
+    best_day = _argmax_columns(best_day, [f"_d{d}" for d in range(7)], "weekday")
 
     j = (
         cust.left_join(summary, "customer_id")
@@ -1323,10 +1319,27 @@ def _smooth_circular(
     return out
 
 
-def _argmax_columns(values: Sequence[ibis.Value]) -> ibis.Value:
-    """Position of the largest non-null value (ties: the first); null when all are null."""
-    top = ibis.greatest(*values)
-    return ibis.cases(*[(v == top, i) for i, v in enumerate(values)], else_=ibis.null(dt.int64))
+def _argmax_columns(t: Table, columns: Sequence[str], name: str) -> Table:
+    """``customer_id`` and ``name``: the position in ``columns`` of the largest non-null value.
+
+    ``t`` has one row per customer. Ties go to the first column; null when
+    all are null. Written as an aggregation so that the largest value is a
+    column computed once, which the comparisons read (as expressions over
+    ``t``'s columns, it would be repeated in every comparison).
+    """
+    top = t.group_by("customer_id").aggregate(
+        _top=ibis.greatest(*[t[c].max() for c in columns]),
+        **{f"_v{i}": t[c].max() for i, c in enumerate(columns)},
+    )
+    return top.select(
+        "customer_id",
+        **{
+            name: ibis.cases(
+                *[(top[f"_v{i}"] == top._top, i) for i in range(len(columns))],
+                else_=ibis.null(dt.int64),
+            )
+        },
+    )
 
 
 def _mode(values: pd.Series, default: int) -> int:
