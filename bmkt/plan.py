@@ -1180,13 +1180,32 @@ def _id_codes(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return codes, np.asarray(uniques, dtype=object)
 
 
+def _left_join(left: pd.DataFrame, right: pd.DataFrame) -> pd.DataFrame:
+    """``left.merge(right, on="_key", how="left")`` for a ``right`` with unique keys.
+
+    (A reindex of ``right`` by ``left``'s keys: the same rows, values and
+    missing-value upcasts, without the merge's factorisation of both sides.)
+    """
+    found = right.set_index("_key").reindex(left["_key"].to_numpy())
+    out = left.reset_index(drop=True)
+    for col in found.columns:
+        out[col] = found[col].to_numpy()
+    return out
+
+
 def _features_frame(features: pd.DataFrame | None) -> pd.DataFrame:
     if features is None:
         return pd.DataFrame(columns=["_key", "preferred_hour", "uplift", "send_timezone"])
     f = _to_frame(features, "features")
     if "customer_id" in f.columns:
         f = f.set_index("customer_id")
-    out = pd.DataFrame({"_key": id_strings(pd.Series(f.index, dtype=object)).to_numpy()})
+    index = f.index
+    ids = (  # integer ids take id_strings' vectorised path
+        pd.Series(index.to_numpy())
+        if isinstance(index.dtype, np.dtype) and index.dtype.kind in "iu"
+        else pd.Series(index, dtype=object)
+    )
+    out = pd.DataFrame({"_key": id_strings(ids).to_numpy()})
     for col in ("preferred_hour", "uplift"):
         out[col] = pd.to_numeric(f[col], errors="coerce").to_numpy() if col in f.columns else np.nan
     if "send_time_source" in f.columns:  # a population fallback is no preference
@@ -1226,8 +1245,10 @@ def _history(
     ev["occurred_at"] = _naive_utc(ev["occurred_at"])
     ev = ev[(ev["occurred_at"] >= start) & (ev["occurred_at"] < end)]
     ev["_key"] = id_strings(ev["customer_id"]).to_numpy()
-    ev = ev.merge(cust[["_key", "_addr"]], on="_key", how="inner")
-    ev = ev[ev["_addr"].notna()]
+    # the recipient's address (customer keys are unique): an inner join in event order
+    pos = pd.Index(cust["_key"].to_numpy()).get_indexer(ev["_key"].to_numpy())
+    addr = np.where(pos >= 0, cust["_addr"].to_numpy(dtype=object)[pos], None)
+    ev = ev.assign(_addr=addr)[pd.notna(addr)]
     return pd.DataFrame(
         {"_addr": ev["_addr"].to_numpy(), "_day": ev["occurred_at"].dt.normalize().to_numpy()}
     )
@@ -1604,7 +1625,7 @@ def build_plan(
     cust["_gc"] = (
         draw_uniform(cust["_hash"].to_numpy(), salt, "global_control") < global_control_share
     )
-    cust = cust.merge(feats, on="_key", how="left")
+    cust = _left_join(cust, feats)
     # the zone the preferred hour was estimated in (inferred when customers.timezone is null)
     inferred = cust["send_timezone"].notna() & cust["timezone"].isna()
     cust.loc[inferred, "timezone"] = cust.loc[inferred, "send_timezone"]
@@ -1759,7 +1780,7 @@ def build_plan(
             later = local_to_utc(local + pd.Timedelta(days=1), sends["timezone"])
             utc = utc.where(~early, later)
         sends["send_at_utc"] = utc
-        sends = sends.merge(recs, on="_key", how="left")
+        sends = _left_join(sends, recs)
         sends["abandoned_products"] = sends["trigger_products"].where(
             sends["trigger"] == "cart_abandonment", None
         )

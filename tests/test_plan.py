@@ -953,3 +953,28 @@ def test_arbitration_matches_the_frame_definition() -> None:
             assert list(_arbitrate(cand, history, max_per_day, cap)) == list(
                 _arbitrate_frames(cand, history, max_per_day, cap)
             )
+
+
+def test_left_join_is_the_merge() -> None:
+    from bmkt.plan import _left_join
+
+    rng = np.random.default_rng(5)
+    for i in range(100):
+        n, m = int(rng.integers(0, 8)), int(rng.integers(0, 8))
+        keys = pd.Series([str(x) for x in rng.integers(0, 10, n)], dtype=object)
+        left = pd.DataFrame({"_key": keys, "a": rng.random(n)}, index=rng.permutation(n) + 5)
+        right = pd.DataFrame(
+            {
+                "_key": pd.Series([str(x) for x in rng.permutation(10)[:m]], dtype=object),
+                "i": rng.integers(0, 5, m),
+                "f": rng.random(m),
+                "o": pd.Series([None, "x", np.nan, "y"] * 2, dtype=object)[:m].to_numpy(),
+                "b": rng.random(m) < 0.5,
+                "t": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 5, m), unit="D"),
+            }
+        )
+        if i % 5 == 0:
+            right = pd.DataFrame(columns=["_key", "x", "y"])
+        pd.testing.assert_frame_equal(
+            _left_join(left, right), left.merge(right, on="_key", how="left"), check_exact=True
+        )
