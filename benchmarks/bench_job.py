@@ -69,6 +69,8 @@ AS_OF = "2024-06-30"
 #: (more frequent buyers, less dropout than the defaults) and ~50M email events.
 TARGET_SHAPE = {"alpha": 8.0, "b": 10.0}
 TARGET_CAMPAIGNS_PER_WEEK = 0.8
+#: Above this many customers the store is simulated and written in blocks.
+BLOCK = 1_000_000
 
 
 def _store(
@@ -79,7 +81,22 @@ def _store(
     sim = dict(TARGET_SHAPE if sim is None else sim)
     tag = "_".join(f"{k}{v:g}" for k, v in sorted(sim.items()))
     folder = RESULTS / f"store_{n}_{seed}_{days}_{campaigns_per_week:g}{'_' + tag if tag else ''}"
-    if not (folder / "orders.parquet").exists():
+    if n > BLOCK and not (folder / "orders").is_dir():  # larger than memory: in blocks
+        from bmkt.simulate import simulate_to_folder
+
+        t0 = time.perf_counter()
+        simulate_to_folder(
+            folder,
+            n,
+            block_size=BLOCK,
+            days=days,
+            seed=seed,
+            end=AS_OF,
+            campaigns_per_week=campaigns_per_week,
+            **sim,
+        )
+        print(f"simulated {n:,} customers in {time.perf_counter() - t0:.0f} s -> {folder}")
+    elif n <= BLOCK and not (folder / "orders.parquet").exists():
         t0 = time.perf_counter()
         tables = simulate_store(
             n_customers=n,
@@ -165,8 +182,9 @@ def _baseline(folder: Path) -> dict[str, Timing]:
     from lifetimes import BetaGeoFitter, GammaGammaFitter
     from lifetimes.utils import summary_data_from_transaction_data
 
+    path = folder / "orders.parquet"
     orders = pd.read_parquet(
-        folder / "orders.parquet", columns=["customer_id", "ordered_at", "revenue"]
+        path if path.exists() else folder / "orders", columns=["customer_id", "ordered_at", "revenue"]
     )
     orders = orders[orders.ordered_at < pd.Timestamp(AS_OF) + pd.Timedelta(days=1)]
     times: dict[str, Timing] = {}
