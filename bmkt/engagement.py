@@ -9,9 +9,14 @@ is one Ibis expression per function, executed by the store's engine
 (DuckDB by default, or Spark; the time-zone conversion is the one engine
 function called by name, chosen per backend by :func:`bmkt.engine.wall_time`);
 only the per-customer result reaches pandas: one row per customer, indexed by
-``customer_id``. Customers created after the window end do not exist yet at
+``customer_id`` (and, before it, the few distinct user agents of the opens,
+matched once each). Customers created after the window end do not exist yet at
 ``as_of`` and are left out; an ``as_of`` before every customer is a
 :class:`~bmkt.errors.DataError`.
+
+Labelling the opens (below) is the costliest part of :func:`engagement_scores`,
+:func:`preferred_send_time` and :func:`machine_open_customers`; run several of
+them inside :func:`shared_machine_opens` to label the opens once.
 
 Machine opens
 -------------
@@ -730,8 +735,11 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
         return
     names = [ibis.util.gen_name("bmkt_opens"), ibis.util.gen_name("bmkt_open_evidence")]
     timing = _open_timing(store, end, params)[0].select(*_SHARED_OPEN_COLUMNS)
-    o = engine.register_table(store.con, names[0], timing)
-    evidence = engine.register_table(store.con, names[1], _evidence(store, end, params, o))
+    # reuse: on Spark, whose temporary "tables" are views, the data is cached
+    backend = store.con.name
+    o = engine.reuse(engine.register_table(store.con, names[0], timing), backend)
+    evidence = _evidence(store, end, params, o)
+    evidence = engine.reuse(engine.register_table(store.con, names[1], evidence), backend)
     _SHARED[key] = (store, _Labelled(evidence=evidence, opens=_apply_labels(o, evidence)))
     log.info("machine opens as of %s: labelled once for the block", end)
     try:
