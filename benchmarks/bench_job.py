@@ -184,7 +184,8 @@ def _baseline(folder: Path) -> dict[str, Timing]:
 
     path = folder / "orders.parquet"
     orders = pd.read_parquet(
-        path if path.exists() else folder / "orders", columns=["customer_id", "ordered_at", "revenue"]
+        path if path.exists() else folder / "orders",
+        columns=["customer_id", "ordered_at", "revenue"],
     )
     orders = orders[orders.ordered_at < pd.Timestamp(AS_OF) + pd.Timedelta(days=1)]
     times: dict[str, Timing] = {}

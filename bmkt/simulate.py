@@ -514,8 +514,9 @@ class SimulationParams:
                 raise ConfigError(f"Valid values for {name!r} are >= 0. Got {value!r}.")
         for name in ("dropout_at_first_purchase", "flag_machine_opens"):
             if not isinstance(getattr(self, name), bool | np.bool_):
-                raise ConfigError(f"Valid values for {name!r} are True or False. "
-                                  f"Got {getattr(self, name)!r}.")
+                raise ConfigError(
+                    f"Valid values for {name!r} are True or False. Got {getattr(self, name)!r}."
+                )
         for name in ("discount_rates",):
             rates = getattr(self, name)
             if len(rates) == 0 or any(not _is_real(v) or not 0 <= v < 1 for v in rates):
@@ -893,9 +894,7 @@ class _Store:
             self.campaigns = _empty_frame("campaigns")
             return
         if self.schedule is None:  # evenly spread over the window, in the (UTC) morning
-            day = np.floor(
-                (np.arange(n_camp) + rng.uniform(0.1, 0.9, n_camp)) * self.days / n_camp
-            )
+            day = np.floor((np.arange(n_camp) + rng.uniform(0.1, 0.9, n_camp)) * self.days / n_camp)
             sent = np.sort(
                 np.minimum(day + rng.uniform(7.0, 11.0, n_camp) / 24.0, self.horizon - 1.0 / 24)
             )

@@ -85,7 +85,9 @@ def test_forget_removes_and_reports(tmp_path: Path) -> None:
 def test_simulate_small_and_in_blocks(tmp_path: Path) -> None:
     import pandas as pd
 
-    code, out, _ = run("simulate", "--customers", "300", "--days", "60", "--out", str(tmp_path / "a"))
+    code, out, _ = run(
+        "simulate", "--customers", "300", "--days", "60", "--out", str(tmp_path / "a")
+    )
     assert code == 0 and "orders" in out
     assert len(pd.read_parquet(tmp_path / "a" / "customers.parquet")) == 300
     code, out, _ = run(

@@ -166,7 +166,9 @@ def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
     folder = write_folder(make_store(), tmp_path / "store")
     a = fingerprint(folder)
     assert a == fingerprint(folder)
-    (folder / "orders.csv").write_text((folder / "orders.csv").read_text() + "13,1,2024-03-03,1.0\n")
+    (folder / "orders.csv").write_text(
+        (folder / "orders.csv").read_text() + "13,1,2024-03-03,1.0\n"
+    )
     assert fingerprint(folder) != a
 
 

@@ -124,9 +124,7 @@ def test_churn_and_propensity_land_on_the_right_customers(store) -> None:
     model = scores.models["churn"]
     assert isinstance(model, ChurnModel)
     direct = model.score(store, AS_OF).set_index("customer_id")["churn_risk"]
-    pd.testing.assert_series_equal(
-        table.loc[direct.index, "churn_risk"], direct, check_names=False
-    )
+    pd.testing.assert_series_equal(table.loc[direct.index, "churn_risk"], direct, check_names=False)
     buyers = table[table.is_buyer]
     assert buyers.churn_risk.notna().all()  # every buyer is scored ...
     assert table.loc[~table.is_buyer, "churn_risk"].isna().all()  # ... and only buyers
