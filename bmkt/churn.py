@@ -102,7 +102,7 @@ class ChurnModel(OutcomeModel):
         horizon_days: float = 90,
         estimator: Any = None,
         calibration: str = "auto",
-        cv: int = 3,
+        cv: int | float | str = "auto",
         random_state: int | None = 0,
         machine_open_params: dict[str, Any] | None = None,
         n_threads: int | None = None,

@@ -259,8 +259,9 @@ def test_not_fitted_and_bad_params(store) -> None:
         ChurnModel(calibration="platt").fit(store, "2024-03-31")
     with pytest.raises(ConfigError, match="horizon_days must be a number of days > 0"):
         ChurnModel(horizon_days=0).fit(store, "2024-03-31")
-    with pytest.raises(ConfigError, match="cv must be an integer >= 2"):
-        ChurnModel(cv=1).fit(store, "2024-03-31")
+    for bad in (1, 1.5, 0.0, True, "folds"):
+        with pytest.raises(ConfigError, match="cv must be 'auto', an integer >= 2"):
+            ChurnModel(cv=bad).fit(store, "2024-03-31")
 
 
 def test_estimator_contract(store) -> None:

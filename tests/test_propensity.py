@@ -189,3 +189,41 @@ def test_features_of_another_cutoff_are_refused(store) -> None:
     partial.attrs = {}  # no cutoff recorded: taken as the right one
     with pytest.raises(ConfigError, match=r"features: lacks column\(s\) \['n_orders'\]"):
         PurchasePropensity(horizon_days=30, **FAST).fit(store, "2024-05-30", features=partial)
+
+
+def test_calibration_on_a_held_out_share_and_the_auto_switch(store, monkeypatch) -> None:
+    """One model calibrated on a held-out share: about as good as 3 averaged folds.
+
+    ``cv="auto"`` folds below ``MIN_ROWS_ONE_MODEL`` training rows and holds a
+    quarter out from there on (lowered here so that this small store crosses it).
+    Both are judged on the next month, whose labels are observed by the end.
+    """
+    from sklearn.frozen import FrozenEstimator
+
+    train, test = cutoff_end("2024-04-30"), cutoff_end("2024-05-30")
+    shared = build_features_before_many(store, [train, test])
+    fits = {
+        cv: PurchasePropensity(horizon_days=30, cv=cv, **FAST).fit(
+            store, "2024-04-30", features=shared[train]
+        )
+        for cv in (3, 0.25, "auto")
+    }
+    assert fits[3].cv_ == 3 and len(fits[3].model_.calibrated_classifiers_) == 3
+    assert fits[0.25].cv_ == 0.25 and len(fits[0.25].model_.calibrated_classifiers_) == 1
+    assert isinstance(fits[0.25].model_.estimator, FrozenEstimator)
+    assert fits[3].n_train_ < propensity.MIN_ROWS_ONE_MODEL and fits["auto"].cv_ == 3
+    _, y = fits[3]._labels(store, test, shared[test])
+    metrics = {}
+    for cv in (3, 0.25):
+        p = fits[cv].predict_proba(store, "2024-05-30", features=shared[test])
+        p = p.set_index("customer_id")["purchase_propensity"].reindex(y.index)
+        metrics[cv] = propensity.classification_metrics(y, p)
+    log.info("3 folds %s; held-out quarter %s", metrics[3], metrics[0.25])
+    assert metrics[0.25]["roc_auc"] > 0.75
+    assert metrics[0.25]["roc_auc"] > metrics[3]["roc_auc"] - 0.03
+    assert metrics[0.25]["brier"] < metrics[3]["brier"] + 0.01
+    monkeypatch.setattr(propensity, "MIN_ROWS_ONE_MODEL", 100)
+    auto = PurchasePropensity(horizon_days=30, **FAST).fit(
+        store, "2024-04-30", features=shared[train]
+    )
+    assert auto.cv_ == 0.25
