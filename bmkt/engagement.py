@@ -107,6 +107,7 @@ __all__ = [
     "ENGAGEMENT_STATES",
     "PROXY_USER_AGENT_PATTERNS",
     "flag_machine_opens",
+    "labelled_opens",
     "machine_open_customers",
     "shared_machine_opens",
     "engagement_scores",
@@ -322,7 +323,10 @@ _SHARED_OPEN_COLUMNS = (
 
 
 def _shared_key(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> tuple:
-    return (id(store), end, repr(sorted(params.items())))
+    def same(v: Any) -> Any:  # 10 and 10.0 are the same setting
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+    return (id(store), end, repr(sorted((k, same(v)) for k, v in params.items())))
 
 
 def _labels(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> _Labelled:
@@ -513,6 +517,24 @@ def _label_opens(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> 
     o = engine.reuse(o, store.con.name)  # read by the evidence and the labels
     evidence = engine.reuse(_evidence(store, end, params, o, emails), store.con.name)
     return _Labelled(evidence=evidence, opens=_apply_labels(o, evidence))
+
+
+def labelled_opens(store: Any, as_of: object, **machine_open_params: Any) -> Table:
+    """Every open before the end of ``as_of``, labelled, as a lazy table for other queries.
+
+    The narrow form of :func:`flag_machine_opens` that feature queries join:
+    ``customer_id``, ``campaign_id``, ``occurred_at``, ``machine_open``,
+    ``is_fast``, ``rule`` and ``is_machine``. Inside
+    :func:`shared_machine_opens` on the same store, ``as_of`` and parameters
+    it reads the labels computed once for the block, instead of labelling
+    every open again.
+    """
+    params = _machine_params(machine_open_params)
+    store = open_store(store)
+    opens = _labels(store, _window_end(as_of), params).opens
+    return opens.select(
+        "customer_id", "campaign_id", "occurred_at", "machine_open", "is_fast", "rule", "is_machine"
+    )
 
 
 def flag_machine_opens(

@@ -253,6 +253,54 @@ def score_customers(
     steps.update()
 
     step("engagement")
+    # the opens are labelled (machine or human) once for engagement, send times and features
+    with engagement.shared_machine_opens(store, as_of) as store:
+        table = _behavior_steps(
+            store, as_of, table, step, steps, churn, churn_horizon_days,
+            purchase_horizon_days, random_state, models,
+        )  # fmt: skip
+
+    step("triggers")
+    trig = triggers.detect_triggers(
+        store,
+        as_of,
+        scores=table[[c for c in ("p_alive", "churn_risk") if c in table]],
+        config=trigger_config,
+    )
+    flags = triggers.wide_flags(trig, table.index)
+    table = table.join(flags)
+    steps.update()
+    step("")
+    steps.close()
+    table.index.name = "customer_id"
+    params = {
+        "as_of": str(as_of),
+        "horizon_months": horizon_months,
+        "discount_rate": discount_rate,
+        "churn": churn,
+        "churn_horizon_days": churn_horizon_days,
+        "purchase_horizon_days": purchase_horizon_days,
+        "sample_size": sample_size,
+        "random_state": random_state,
+    }
+    return Scores(
+        table=table, triggers=trig, models=models, summary=summary, params=params, timings=timings
+    )
+
+
+def _behavior_steps(
+    store: Store,
+    as_of: Any,
+    table: pd.DataFrame,
+    step: Any,
+    steps: Any,
+    churn: bool,
+    churn_horizon_days: int,
+    purchase_horizon_days: int,
+    random_state: int | None,
+    models: dict[str, Any],
+) -> pd.DataFrame:
+    """The engagement and churn + propensity steps of :func:`score_customers`."""
     eng = engagement.engagement_scores(store, as_of)
     table["engagement_state"] = eng["state"].reindex(table.index).fillna("never_engaged")
     table["engagement_score"] = eng["engagement_score"].reindex(table.index).fillna(0.0)
@@ -282,32 +330,7 @@ def score_customers(
         table["purchase_propensity"] = np.nan
     steps.update()
 
-    step("triggers")
-    trig = triggers.detect_triggers(
-        store,
-        as_of,
-        scores=table[[c for c in ("p_alive", "churn_risk") if c in table]],
-        config=trigger_config,
-    )
-    flags = triggers.wide_flags(trig, table.index)
-    table = table.join(flags)
-    steps.update()
-    step("")
-    steps.close()
-    table.index.name = "customer_id"
-    params = {
-        "as_of": str(as_of),
-        "horizon_months": horizon_months,
-        "discount_rate": discount_rate,
-        "churn": churn,
-        "churn_horizon_days": churn_horizon_days,
-        "purchase_horizon_days": purchase_horizon_days,
-        "sample_size": sample_size,
-        "random_state": random_state,
-    }
-    return Scores(
-        table=table, triggers=trig, models=models, summary=summary, params=params, timings=timings
-    )
+    return table
 
 
 def _behavior_scores(

@@ -497,3 +497,21 @@ def test_missing_optional_tables_give_zero_counts() -> None:
     assert (X[["n_delivered", "n_sessions", "n_categories_bought"]] == 0).all().all()
     assert X.loc[1, "n_orders"] == 6
     assert X["unmailed_order_rate"].isna().all()  # no campaigns at all
+
+
+def test_features_read_the_opens_labelled_once_for_a_shared_block(sim_store, monkeypatch) -> None:
+    """Inside ``engagement.shared_machine_opens`` the feature query labels no open again."""
+    from bmkt import engagement
+
+    plain = build_features(sim_store, AS_OF)
+    with engagement.shared_machine_opens(sim_store, AS_OF) as store:
+
+        def relabel(*args, **kwargs):
+            raise AssertionError("opens labelled again inside the shared block")
+
+        monkeypatch.setattr(engagement, "_label_opens", relabel)
+        shared = build_features(store, AS_OF)
+    pd.testing.assert_frame_equal(shared, plain)
+    # outside the block (or at another as_of) the labels are computed as usual
+    with pytest.raises(AssertionError, match="labelled again"):
+        build_features(sim_store, AS_OF)
