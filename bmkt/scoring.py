@@ -351,7 +351,7 @@ def _behavior_scores(
     fitted: dict[str, Any] = {}
     try:
         from bmkt.churn import ChurnModel
-        from bmkt.features import build_features_before_many, cutoff_end
+        from bmkt.features import cutoff_end
         from bmkt.propensity import PurchasePropensity
     except ImportError:  # pragma: no cover - modules ship with the package
         log.warning("churn models unavailable; churn_risk not scored")
@@ -373,8 +373,9 @@ def _behavior_scores(
         cutoff = (end - pd.Timedelta(days=model.horizon_days) - pd.Timedelta(days=1)).date()
         jobs.append((name, model, column, cutoff))
     try:
-        ends = [cutoff_end(cutoff) for *_, cutoff in jobs] + [end]
-        shared = build_features_before_many(store, ends)
+        shared = _shared_features(
+            store, table, [cutoff_end(cutoff) for *_, cutoff in jobs], end, random_state
+        )
     except BmktError as exc:  # e.g. no history before a training cutoff: each model says why
         log.info("shared feature build skipped (%s); each model builds its own", exc)
         shared = {}
@@ -391,3 +392,43 @@ def _behavior_scores(
             scored = scored.set_index("customer_id")
         table[column] = scored[column].reindex(table.index)
     return table, fitted
+
+
+#: Customers whose features are built at a training cutoff (a uniform random
+#: sample when there are more): the models train on at most their
+#: ``sample_size`` (200,000) rows anyway, and everyone is still scored.
+TRAINING_CUSTOMERS = 300_000
+
+
+def _shared_features(
+    store: Store,
+    table: pd.DataFrame,
+    train_ends: list[pd.Timestamp],
+    end: pd.Timestamp,
+    random_state: int | None,
+) -> dict[pd.Timestamp, pd.DataFrame]:
+    """Features of a sample at each training cutoff and of everyone at ``end``, in one query."""
+    from bmkt.features import build_features_at, build_features_before_many
+
+    if len(table) <= TRAINING_CUSTOMERS:
+        return build_features_before_many(store, [*train_ends, end])
+    rng = np.random.default_rng(random_state)
+    created = table["created_at"]
+    points = []
+    for train_end in sorted(set(train_ends)):
+        known = table.index[(created < train_end).to_numpy()].to_numpy()
+        if len(known) > TRAINING_CUSTOMERS:
+            known = np.sort(rng.choice(known, TRAINING_CUSTOMERS, replace=False))
+        points.append(pd.DataFrame({"customer_id": known, "cutoff": train_end}))
+    points.append(pd.DataFrame({"customer_id": table.index.to_numpy(), "cutoff": end}))
+    long = build_features_at(store, pd.concat(points, ignore_index=True))
+    log.info(
+        "features for training on %s customers at %d cutoff(s), and for everyone at %s",
+        f"{TRAINING_CUSTOMERS:,}", len(points) - 1, end,
+    )  # fmt: skip
+    frames: dict[pd.Timestamp, pd.DataFrame] = {}
+    for cutoff, X in long.groupby("cutoff", sort=True):
+        X = X.drop(columns="cutoff").set_index("customer_id").sort_index()
+        X.attrs["cutoff"] = pd.Timestamp(cutoff).isoformat()
+        frames[pd.Timestamp(cutoff)] = X
+    return frames

@@ -133,3 +133,41 @@ def test_churn_and_propensity_land_on_the_right_customers(store) -> None:
     repeat = buyers[buyers.frequency > 0]
     alive = truth.loc[repeat.index, "alive_at_end"]
     assert roc_auc_score(~alive, repeat.churn_risk) > 0.75
+
+
+def test_models_train_on_a_sample_of_customers_when_there_are_many(store, monkeypatch) -> None:
+    """Above TRAINING_CUSTOMERS, features at the training cutoffs are built for a sample.
+
+    Everyone is still scored, with the very features a full build gives; the
+    models still rank the truly gone first.
+    """
+    from bmkt import scoring
+    from bmkt.features import build_features_before, build_features_before_many
+    from bmkt.io import open_store
+
+    opened = open_store(store)
+    base = score_customers(opened, AS_OF, churn=False).table
+    end = pd.Timestamp("2024-07-01")
+    train = [end - pd.Timedelta(days=91), end - pd.Timedelta(days=31)]
+    monkeypatch.setattr(scoring, "TRAINING_CUSTOMERS", 1200)
+    frames = scoring._shared_features(opened, base, train, end, random_state=3)
+    full = build_features_before_many(opened, [*train, end])
+    assert sorted(frames) == sorted(full)
+    pd.testing.assert_frame_equal(frames[end], build_features_before(opened, end))
+    for cutoff in train:
+        X = frames[cutoff]
+        assert len(X) == 1200 and X.index.is_unique and X.index.is_monotonic_increasing
+        assert X.attrs["cutoff"] == cutoff.isoformat()
+        pd.testing.assert_frame_equal(X, full[cutoff].loc[X.index])
+    # the two training samples are drawn independently, reproducibly
+    assert not frames[train[0]].index.equals(frames[train[1]].index)
+    again = scoring._shared_features(opened, base, train, end, random_state=3)
+    assert again[train[0]].index.equals(frames[train[0]].index)
+
+    sampled = score_customers(opened, AS_OF, churn=True)
+    assert sampled.models["churn"].n_train_ <= 1200
+    table = sampled.table
+    assert table.loc[table.is_buyer, "churn_risk"].notna().all()
+    truth = store["truth"].set_index("customer_id")
+    repeat = table[table.is_buyer & (table.frequency > 0)]
+    assert roc_auc_score(~truth.loc[repeat.index, "alive_at_end"], repeat.churn_risk) > 0.75
