@@ -40,6 +40,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="simulator parameter (repeatable), e.g. alpha=10",
     )
+    ap.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="a store folder to read instead of simulating (e.g. one written by "
+        "bench_job.py or `bmkt simulate`); bmkt reads its orders in place with DuckDB",
+    )
     ap.add_argument("--skip-lifetimes", action="store_true", help="time bmkt only")
     ap.add_argument(
         "--repeat", type=int, default=1, help="run each step N times, report the fastest"
@@ -145,26 +153,36 @@ def main(argv: list[str] | None = None) -> int:
 
     engine.default_connection().raw_sql("SET enable_progress_bar=false")
 
-    log.info("simulating %d customers over %d days ...", args.customers, args.days)
     t0 = time.perf_counter()
-    store = simulate_store(
-        n_customers=args.customers,
-        days=args.days,
-        seed=args.seed,
-        end=args.end,
-        email=False,
-        web=False,
-        **_parse_sim(args.sim),
-    )
-    orders = store["orders"]
-    del store
-    gc.collect()
-    log.info(
-        "simulated %d orders of %d buyers in %.1f s",
-        len(orders),
-        orders["customer_id"].nunique(),
-        time.perf_counter() - t0,
-    )
+    if args.store is not None:  # Parquet in place: the orders never become a pandas frame
+        from bmkt.io import open_store
+
+        orders = open_store(args.store).table("orders")
+        n = engine.to_pandas(orders.aggregate(n=orders.count(), b=orders.customer_id.nunique()))
+        n_orders, n_buyers = int(n["n"][0]), int(n["b"][0])
+        n_customers = int(open_store(args.store).table("customers").count().execute())
+        log.info("store %s: %d orders of %d buyers", args.store, n_orders, n_buyers)
+    else:
+        log.info("simulating %d customers over %d days ...", args.customers, args.days)
+        store = simulate_store(
+            n_customers=args.customers,
+            days=args.days,
+            seed=args.seed,
+            end=args.end,
+            email=False,
+            web=False,
+            **_parse_sim(args.sim),
+        )
+        orders = store["orders"]
+        del store
+        gc.collect()
+        n_customers, n_orders = args.customers, len(orders)
+        log.info(
+            "simulated %d orders of %d buyers in %.1f s",
+            len(orders),
+            orders["customer_id"].nunique(),
+            time.perf_counter() - t0,
+        )
 
     # warm up both libraries on CDNOW (imports, DuckDB start-up, first compilations),
     # so that the timings below measure the work, not one-off start-up costs
@@ -202,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_lifetimes:
         from lifetimes import BetaGeoFitter, GammaGammaFitter
         from lifetimes.utils import summary_data_from_transaction_data
+
+        if args.store is not None:  # lifetimes needs the orders in pandas
+            orders = engine.to_pandas(orders.select("customer_id", "ordered_at", "revenue"))
 
         ls, rows["summary"]["lifetimes"] = _timed(
             lambda: summary_data_from_transaction_data(
@@ -274,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print()
     print(
-        f"{args.customers:,} customers, {len(orders):,} orders, {os.cpu_count()} cores, "
+        f"{n_customers:,} customers, {n_orders:,} orders, {os.cpu_count()} cores, "
         f"best of {REPEAT}, Python {platform.python_version()}, numpy {np.__version__}, "
         f"pandas {pd.__version__}"
     )
