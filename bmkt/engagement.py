@@ -85,6 +85,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import zoneinfo
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -307,7 +308,7 @@ class _Labelled(NamedTuple):
 
 #: Labels computed once for the calls inside :func:`shared_machine_opens`, by
 #: (store, window end, parameters); the store is held so its id stays its own.
-_SHARED: dict[tuple[int, pd.Timestamp, str], tuple[Store, _Labelled]] = {}
+_SHARED: dict[tuple[int, int, pd.Timestamp, str], tuple[Store, _Labelled]] = {}
 
 #: The columns of the timed opens kept by :func:`shared_machine_opens`: what
 #: the labels, scores and send times read.
@@ -326,7 +327,9 @@ def _shared_key(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> t
     def same(v: Any) -> Any:  # 10 and 10.0 are the same setting
         return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
 
-    return (id(store), end, repr(sorted((k, same(v)) for k, v in params.items())))
+    # per thread: another thread's block may end (and drop its tables) at any time
+    params_key = repr(sorted((k, same(v)) for k, v in params.items()))
+    return (threading.get_ident(), id(store), end, params_key)
 
 
 def _labels(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> _Labelled:
@@ -755,20 +758,22 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
     if key in _SHARED:  # nested: the outer block owns the tables
         yield store
         return
-    names = [ibis.util.gen_name("bmkt_opens"), ibis.util.gen_name("bmkt_open_evidence")]
-    timing = _open_timing(store, end, params)[0].select(*_SHARED_OPEN_COLUMNS)
-    # reuse: on Spark, whose temporary "tables" are views, the data is cached
-    backend = store.con.name
-    o = engine.reuse(engine.register_table(store.con, names[0], timing), backend)
-    evidence = _evidence(store, end, params, o)
-    evidence = engine.reuse(engine.register_table(store.con, names[1], evidence), backend)
-    _SHARED[key] = (store, _Labelled(evidence=evidence, opens=_apply_labels(o, evidence)))
-    log.info("machine opens as of %s: labelled once for the block", end)
+    made: list[str] = []  # the tables registered so far: dropped even if setup fails
     try:
+        timing = _open_timing(store, end, params)[0].select(*_SHARED_OPEN_COLUMNS)
+        # reuse: on Spark, whose temporary "tables" are views, the data is cached
+        backend = store.con.name
+        made.append(ibis.util.gen_name("bmkt_opens"))
+        o = engine.reuse(engine.register_table(store.con, made[-1], timing), backend)
+        evidence = _evidence(store, end, params, o)
+        made.append(ibis.util.gen_name("bmkt_open_evidence"))
+        evidence = engine.reuse(engine.register_table(store.con, made[-1], evidence), backend)
+        _SHARED[key] = (store, _Labelled(evidence=evidence, opens=_apply_labels(o, evidence)))
+        log.info("machine opens as of %s: labelled once for the block", end)
         yield store
     finally:
         _SHARED.pop(key, None)
-        for name in names:
+        for name in made:
             _drop(store.con, name)
 
 

@@ -693,7 +693,44 @@ def test_shared_machine_opens_gives_the_same_results(sim_store: Store) -> None:
     for g, w in zip(got, want, strict=True):
         pd.testing.assert_frame_equal(g, w)
     assert not engagement._SHARED
-    assert not [t for t in sim_store.con.list_tables() if t.startswith("bmkt_open")]  # dropped
+    assert not [t for t in sim_store.con.list_tables() if "bmkt_open" in t]  # dropped
+
+
+def test_shared_machine_opens_cleans_up_when_setup_fails(sim_store: Store, monkeypatch) -> None:
+    import bmkt.engagement as engagement
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evidence failed")
+
+    monkeypatch.setattr(engagement, "_evidence", broken)
+    with pytest.raises(RuntimeError, match="evidence failed"):
+        with shared_machine_opens(sim_store, AS_OF):
+            pass
+    assert not engagement._SHARED
+    assert not [t for t in sim_store.con.list_tables() if "bmkt_open" in t]
+
+
+def test_shared_machine_opens_belong_to_their_thread(sim_store: Store, monkeypatch) -> None:
+    """Another thread does not read (nor outlive) this thread's shared tables."""
+    import threading
+
+    import bmkt.engagement as engagement
+
+    seen = []
+    with shared_machine_opens(sim_store, AS_OF):
+        worker = threading.Thread(
+            target=lambda: seen.append(
+                engagement._SHARED.get(
+                    engagement._shared_key(
+                        sim_store, engagement._window_end(AS_OF), engagement._machine_params({})
+                    )
+                )
+            )
+        )
+        worker.start()
+        worker.join()
+        assert len(engagement._SHARED) == 1
+    assert seen == [None]
 
 
 def test_send_hour_ties_go_to_the_earliest_hour() -> None:
