@@ -95,34 +95,22 @@ def simulate(
     """Simulate an online store with known ground truth (Parquet tables + truth)."""
     from bmkt.simulate import simulate_store, simulate_to_folder, write_store
 
-    if n_customers > block_size:
-        folders = simulate_to_folder(
-            out,
-            n_customers,
-            block_size=block_size,
-            days=days,
-            seed=seed,
-            end=end,
-            privacy_proxy_share=privacy_proxy_share,
-            campaigns_per_week=campaigns_per_week,
-            email=not no_email,
-            dropout_at_first_purchase=dropout_at_first_purchase,
-            progress=sys.stderr.isatty(),
-        )
+    settings = {
+        "days": days,
+        "seed": seed,
+        "end": end,
+        "privacy_proxy_share": privacy_proxy_share,
+        "campaigns_per_week": campaigns_per_week,
+        "email": not no_email,
+        "dropout_at_first_purchase": dropout_at_first_purchase,
+        "progress": sys.stderr.isatty(),
+    }
+    if n_customers > block_size:  # larger than memory: block by block, one folder per table
+        folders = simulate_to_folder(out, n_customers, block_size=block_size, **settings)
         for name, folder in folders.items():
             click.echo(f"{name:<13} {folder}")
         return
-    tables = simulate_store(
-        n_customers=n_customers,
-        days=days,
-        seed=seed,
-        end=end,
-        privacy_proxy_share=privacy_proxy_share,
-        campaigns_per_week=campaigns_per_week,
-        email=not no_email,
-        dropout_at_first_purchase=dropout_at_first_purchase,
-        progress=sys.stderr.isatty(),
-    )
+    tables = simulate_store(n_customers=n_customers, **settings)
     paths = write_store(tables, out)
     for name, path in paths.items():
         click.echo(f"{name:<13} {len(tables[name]):>12,} rows  {path}")

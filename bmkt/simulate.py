@@ -1414,17 +1414,24 @@ def simulate_store(
     if seed is not None:
         seed = _check_int("seed", seed, 0)
     end_day = _parse_end(end)
+    prm = _params(privacy_proxy_share, campaigns_per_week, params)
+    tables, _ = _simulate(n_customers, days, end_day, prm, seed, bool(email), bool(web), progress)
+    return tables
+
+
+def _params(
+    privacy_proxy_share: float, campaigns_per_week: float, params: dict[str, Any]
+) -> SimulationParams:
+    """The checked parameters of a simulation; unknown names are a ConfigError."""
     unknown = sorted(set(params) - set(SimulationParams.field_names()))
     if unknown:
         raise ConfigError(
             f"Valid options for simulation parameters are {list(SimulationParams.field_names())}. "
             f"Got unknown {unknown}."
         )
-    prm = SimulationParams(
+    return SimulationParams(
         privacy_proxy_share=privacy_proxy_share, campaigns_per_week=campaigns_per_week, **params
     )
-    tables, _ = _simulate(n_customers, days, end_day, prm, seed, bool(email), bool(web), progress)
-    return tables
 
 
 def _simulate(
@@ -1543,15 +1550,7 @@ def simulate_to_folder(
     days = _check_int("days", days, 1)
     seed = _check_int("seed", seed, 0)
     end_day = _parse_end(end)
-    unknown = sorted(set(params) - set(SimulationParams.field_names()))
-    if unknown:
-        raise ConfigError(
-            f"Valid options for simulation parameters are {list(SimulationParams.field_names())}. "
-            f"Got unknown {unknown}."
-        )
-    prm = SimulationParams(
-        privacy_proxy_share=privacy_proxy_share, campaigns_per_week=campaigns_per_week, **params
-    )
+    prm = _params(privacy_proxy_share, campaigns_per_week, params)
     sizes = [block_size] * (n_customers // block_size)
     if n_customers % block_size:
         sizes.append(n_customers % block_size)
