@@ -112,6 +112,20 @@ def _store(
     return folder
 
 
+class _Steps(dict):
+    """Step timings, each also printed to stderr when measured (a long run shows its progress)."""
+
+    def __setitem__(self, name: str, t: Timing) -> None:
+        super().__setitem__(name, t)
+        rss = _rss_bytes() / 2**20
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {name}: {t.seconds or 0:.1f} s, "
+            f"peak {t.peak_mib or 0:,.0f} MiB (now {rss:,.0f} MiB) {t.note}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 class _RSSTrace(_PeakRSS):
     """RSS samples with their times, for the peaks of the steps inside one call."""
 
@@ -135,7 +149,7 @@ def _job(folder: Path, out: Path) -> tuple[dict[str, Timing], dict[str, int]]:
     from bmkt.scoring import score_customers
     from bmkt.segments import RuleSet
 
-    times: dict[str, Timing] = {}
+    times = _Steps()
     store, times["open"] = _timed(lambda: open_store(folder))
     with _RSSTrace() as trace:
         start = time.perf_counter()
@@ -237,8 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{TARGET_SHAPE}; '--sim none' for the simulator's defaults",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip plain lifetimes")
+    parser.add_argument("--verbose", action="store_true", help="log bmkt's steps (INFO)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    if args.verbose:
+        logging.getLogger("bmkt").setLevel(logging.INFO)
     warnings.simplefilter("ignore")
 
     if args.sim is None:

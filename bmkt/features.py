@@ -310,7 +310,12 @@ def _machine_settings(params: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _feature_query(
-    store: Store, points: Table, min_end: pd.Timestamp, max_end: pd.Timestamp, machine: dict
+    store: Store,
+    points: Table,
+    min_end: pd.Timestamp,
+    max_end: pd.Timestamp,
+    machine: dict,
+    ids: tuple[int, int] | None = None,
 ) -> Table:
     """The lazy Ibis expression of every feature for each ``(customer_id, cutoff)`` point.
 
@@ -334,9 +339,19 @@ def _feature_query(
       within a day) rather than an inequality join over all pairs.
 
     Several cutoffs in one query (:func:`build_features_before_many`) share
-    everything that does not depend on the cutoff.
+    everything that does not depend on the cutoff. ``ids``, the smallest and
+    the largest customer id of the points, filters every per-customer table
+    before anything else: a chunk of customers (:func:`build_features_at`
+    called chunk by chunk) reads only their events, and Parquet row groups
+    outside the range are skipped.
     """
-    cust = store.table("customers").select("customer_id", "created_at")
+
+    def mine(table: Table) -> Table:
+        if ids is None:
+            return table
+        return table.filter(table.customer_id.between(ids[0], ids[1]))
+
+    cust = mine(store.table("customers")).select("customer_id", "created_at")
     P = points.inner_join(cust, "customer_id")
     P = P.select(P.customer_id, P.cutoff, P.created_at).filter(P.created_at < P.cutoff)
     K = P.select(*_KEYS)
@@ -347,7 +362,7 @@ def _feature_query(
         return j.filter(j[time_col] < j.cutoff)
 
     # ---- orders
-    orders = store.table("orders")
+    orders = mine(store.table("orders"))
     orders = orders.filter(orders.ordered_at < max_end)
     o = at_points(orders, "ordered_at")
     buy = o.revenue >= 0
@@ -397,7 +412,7 @@ def _feature_query(
     bought_agg = fb.group_by(_KEYS).aggregate(n_categories_bought=fb.count())
 
     # ---- web
-    web = store.table("web_events")
+    web = mine(store.table("web_events"))
     web = web.filter(web.occurred_at < max_end)
     # sessions: the previous event (never a later one), so they are leak-free. The
     # window reads customer and time only; what the points join is its few marks:
@@ -464,7 +479,7 @@ def _feature_query(
     )
 
     # ---- email: one row per delivered email, with the machine-open evidence
-    ev = store.table("email_events")
+    ev = mine(store.table("email_events"))
     ev = ev.filter(ev.occurred_at < max_end)
     ekeys = ["customer_id", "campaign_id"]
     emails = (
@@ -472,7 +487,7 @@ def _feature_query(
         .group_by(ekeys)
         .aggregate(delivered_at=ev.occurred_at.min())
     )
-    labelled = labelled_opens(store, as_of_for_end(max_end), **machine)  # shared in a block
+    labelled = mine(labelled_opens(store, as_of_for_end(max_end), **machine))  # shared in a block
     cand = labelled.filter(labelled.is_fast & labelled.machine_open.fill_null(True))
     cand = cand.inner_join(emails, ekeys)  # a fast open needs a delivery (as in engagement)
     fast = cand.group_by(ekeys).aggregate(first_fast_at=cand.occurred_at.min())
@@ -751,18 +766,24 @@ def _finish(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def _run(
-    store: Store, pts: Table, min_end: pd.Timestamp, max_end: pd.Timestamp, machine: dict
+    store: Store,
+    pts: Table,
+    min_end: pd.Timestamp,
+    max_end: pd.Timestamp,
+    machine: dict,
+    ids: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """Execute the feature query for the points ``pts`` and finish the frame in pandas.
 
-    ``min_end`` and ``max_end`` are the earliest and the latest cutoff of the points.
+    ``min_end`` and ``max_end`` are the earliest and the latest cutoff of the
+    points, ``ids`` their smallest and largest customer id (when known).
     """
     started = time.perf_counter()
     pts = pts.select(
         customer_id=pts.customer_id.cast(dt.int64), cutoff=pts.cutoff.cast(dt.Timestamp())
     )
     # through Arrow: per-point rows, numeric columns (faster than the generic conversion)
-    raw = _feature_query(store, pts, min_end, max_end, machine).to_pyarrow().to_pandas()
+    raw = _feature_query(store, pts, min_end, max_end, machine, ids).to_pyarrow().to_pandas()
     out = _finish(raw).sort_values(["cutoff", "customer_id"], kind="stable")
     out = out.reset_index(drop=True)
     log.info(
@@ -853,6 +874,7 @@ def build_features_at(
             pd.Timestamp(frame["cutoff"].min()),
             pd.Timestamp(frame["cutoff"].max()),
             machine,
+            (int(frame["customer_id"].min()), int(frame["customer_id"].max())),
         )
     finally:
         store.con.drop_table(name, force=True)

@@ -372,32 +372,84 @@ def _behavior_scores(
     ):
         cutoff = (end - pd.Timedelta(days=model.horizon_days) - pd.Timedelta(days=1)).date()
         jobs.append((name, model, column, cutoff))
+    chunked = len(table) > SCORING_CHUNK
     try:
         shared = _shared_features(
-            store, table, [cutoff_end(cutoff) for *_, cutoff in jobs], end, random_state
+            store,
+            table,
+            [cutoff_end(cutoff) for *_, cutoff in jobs],
+            end,
+            random_state,
+            score_everyone=not chunked,
         )
     except BmktError as exc:  # e.g. no history before a training cutoff: each model says why
         log.info("shared feature build skipped (%s); each model builds its own", exc)
         shared = {}
+    scoring = []
     for name, model, column, cutoff in jobs:
         try:
             model.fit(store, cutoff, features=shared.get(cutoff_end(cutoff)))
-            scored = model.score(store, as_of, features=shared.get(end))
+            if not chunked:
+                scored = model.score(store, as_of, features=shared.get(end))
         except BmktError as exc:
             log.warning("%s model not trained (%s); %s left missing", name, exc, column)
             table[column] = np.nan
             continue
         fitted[name] = model
+        if chunked:
+            scoring.append((model, column))
+            continue
         if "customer_id" in scored.columns:
             scored = scored.set_index("customer_id")
         table[column] = scored[column].reindex(table.index)
+    if scoring:
+        for column, values in _score_in_chunks(store, as_of, table, end, scoring).items():
+            table[column] = values
     return table, fitted
+
+
+#: Above this many customers, everyone is scored at as_of in chunks of this
+#: many (consecutive customer ids): one feature query per chunk, so the
+#: per-customer features of a chunk are all that is held in memory at once.
+SCORING_CHUNK = 2_000_000
+
+
+def _score_in_chunks(
+    store: Store,
+    as_of: Any,
+    table: pd.DataFrame,
+    end: pd.Timestamp,
+    models: list[tuple[Any, str]],
+) -> dict[str, np.ndarray]:
+    """Score every customer of ``table`` with each fitted model, chunk by chunk."""
+    from bmkt.errors import DataError as NoPopulation
+    from bmkt.features import build_features_at
+
+    ids = np.sort(table.index.to_numpy())
+    out = {column: np.full(len(table), np.nan) for _, column in models}
+    n_chunks = -(-len(ids) // SCORING_CHUNK)
+    for k, start in enumerate(range(0, len(ids), SCORING_CHUNK), start=1):
+        chunk = ids[start : start + SCORING_CHUNK]
+        X = build_features_at(store, pd.DataFrame({"customer_id": chunk, "cutoff": end}))
+        X = X.drop(columns="cutoff").set_index("customer_id")
+        X.attrs["cutoff"] = end.isoformat()
+        for model, column in models:
+            try:
+                scored = model.score(store, as_of, features=X)
+            except NoPopulation as exc:  # e.g. no buyer among these customers
+                log.info("chunk %d: %s not scored (%s)", k, column, exc)
+                continue
+            where = table.index.get_indexer(scored["customer_id"].to_numpy())
+            out[column][where] = scored[column].to_numpy(dtype="float64")
+        log.info("scored chunk %d of %d (%s customers)", k, n_chunks, f"{len(chunk):,}")
+        del X
+    return out
 
 
 #: Customers whose features are built at a training cutoff (a uniform random
 #: sample when there are more): the models train on at most their
 #: ``sample_size`` (200,000) rows anyway, and everyone is still scored.
-TRAINING_CUSTOMERS = 300_000
+TRAINING_CUSTOMERS = 200_000
 
 
 def _shared_features(
@@ -406,12 +458,20 @@ def _shared_features(
     train_ends: list[pd.Timestamp],
     end: pd.Timestamp,
     random_state: int | None,
+    *,
+    score_everyone: bool = True,
 ) -> dict[pd.Timestamp, pd.DataFrame]:
-    """Features of a sample at each training cutoff and of everyone at ``end``, in one query."""
+    """Features of a sample at each training cutoff and of everyone at ``end``, in one query.
+
+    Without ``score_everyone`` only the training cutoffs are built (everyone
+    is then scored in chunks, :func:`_score_in_chunks`).
+    """
     from bmkt.features import build_features_at, build_features_before_many
 
     if len(table) <= TRAINING_CUSTOMERS:
-        return build_features_before_many(store, [*train_ends, end])
+        return build_features_before_many(
+            store, [*train_ends, end] if score_everyone else train_ends
+        )
     rng = np.random.default_rng(random_state)
     created = table["created_at"]
     points = []
@@ -420,11 +480,12 @@ def _shared_features(
         if len(known) > TRAINING_CUSTOMERS:
             known = np.sort(rng.choice(known, TRAINING_CUSTOMERS, replace=False))
         points.append(pd.DataFrame({"customer_id": known, "cutoff": train_end}))
-    points.append(pd.DataFrame({"customer_id": table.index.to_numpy(), "cutoff": end}))
+    if score_everyone:
+        points.append(pd.DataFrame({"customer_id": table.index.to_numpy(), "cutoff": end}))
     long = build_features_at(store, pd.concat(points, ignore_index=True))
     log.info(
-        "features for training on %s customers at %d cutoff(s), and for everyone at %s",
-        f"{TRAINING_CUSTOMERS:,}", len(points) - 1, end,
+        "features for training on %s customers at %d cutoff(s)%s",
+        f"{TRAINING_CUSTOMERS:,}", len(train_ends), f", and for everyone at {end}" * score_everyone,
     )  # fmt: skip
     frames: dict[pd.Timestamp, pd.DataFrame] = {}
     for cutoff, X in long.groupby("cutoff", sort=True):

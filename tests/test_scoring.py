@@ -171,3 +171,39 @@ def test_models_train_on_a_sample_of_customers_when_there_are_many(store, monkey
     truth = store["truth"].set_index("customer_id")
     repeat = table[table.is_buyer & (table.frequency > 0)]
     assert roc_auc_score(~truth.loc[repeat.index, "alive_at_end"], repeat.churn_risk) > 0.75
+
+
+def test_many_customers_are_scored_in_chunks_with_the_same_result(store, monkeypatch) -> None:
+    """Above SCORING_CHUNK, everyone is scored chunk by chunk: same models, same scores.
+
+    Each chunk's feature query reads only its customers' events (a customer-id
+    range), so the scores must equal those of one query over everyone.
+    """
+    from bmkt import scoring
+    from bmkt.features import build_features_at, build_features_before
+    from bmkt.io import open_store
+
+    opened = open_store(store)
+    whole = score_customers(opened, AS_OF, churn=True).table
+    monkeypatch.setattr(scoring, "SCORING_CHUNK", 700)  # 3000 customers: 5 chunks
+    calls = []
+    real = build_features_at
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("bmkt.features.build_features_at", counting)
+    chunked = score_customers(opened, AS_OF, churn=True).table
+    assert calls == [700, 700, 700, 700, len(whole) - 2800]
+    for column in ("churn_risk", "purchase_propensity"):
+        pd.testing.assert_series_equal(chunked[column], whole[column])
+    assert chunked.loc[chunked.is_buyer, "churn_risk"].notna().all()
+    assert chunked.loc[~chunked.is_buyer, "churn_risk"].isna().all()
+    # a chunk's features are those of the whole build, for its customers only
+    end = pd.Timestamp("2024-07-01")
+    ids = whole.index[1000:1700]
+    part = build_features_at(opened, pd.DataFrame({"customer_id": ids, "cutoff": end}))
+    full = build_features_before(opened, end)
+    part = part.drop(columns="cutoff").set_index("customer_id")
+    pd.testing.assert_frame_equal(part, full.loc[part.index], check_like=False)
