@@ -193,6 +193,32 @@ class _Histories:
     bought: np.ndarray
     product_ids: np.ndarray
 
+    @classmethod
+    def concat(cls, parts: list[_Histories]) -> _Histories:
+        """The histories of disjoint chunks of customers, in order, as one.
+
+        The ids stay one integer range (``first_id``) when each chunk covers
+        the range that follows the one before it.
+        """
+        if len(parts) == 1:
+            return parts[0]
+        ids = np.concatenate([p.ids for p in parts])
+        contiguous = all(p.first_id is not None for p in parts) and all(
+            a.ids[-1] + 1 == b.ids[0] for a, b in zip(parts[:-1], parts[1:], strict=True)
+        )
+        offsets = np.cumsum([0] + [len(p.products) for p in parts[:-1]])
+        indptr = np.concatenate(
+            [parts[0].indptr[:1]] + [p.indptr[1:] + o for p, o in zip(parts, offsets, strict=True)]
+        )
+        return cls(
+            ids,
+            parts[0].first_id if contiguous else None,
+            indptr,
+            np.concatenate([p.products for p in parts]),
+            np.concatenate([p.bought for p in parts]),
+            parts[0].product_ids,
+        )
+
     def rows_of(self, customer_ids: np.ndarray) -> np.ndarray:
         """Row of each customer id, ``-1`` for a customer without history."""
         values = np.asarray(customer_ids)
@@ -280,8 +306,35 @@ def _cooccurrence(
     Returns ``(item, other, count, cosine)`` over the pairs ``item != other``
     seen in at least ``min_support`` baskets, ``cosine = c(i, j) / sqrt(n(i) n(j))``.
     """
-    co = (x.T.tocsr() @ x).tocoo()
-    n = np.asarray(x.sum(axis=0), dtype=np.int64).ravel()
+    return _pairs(*_co_counts(x), min_support)
+
+
+def _co_counts(x: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Co-occurrence counts ``X'X`` and column counts of a binary basket matrix.
+
+    Both are sums over the baskets (rows), so the baskets of disjoint groups
+    of customers can be counted apart and added (:func:`_sum_counts`).
+    """
+    return (x.T.tocsr() @ x).tocsr(), np.asarray(x.sum(axis=0), dtype=np.int64).ravel()
+
+
+def _sum_counts(
+    counts: list[tuple[sp.csr_matrix, np.ndarray]], n_cols: int
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The sum of several :func:`_co_counts` over the same columns."""
+    co = sp.csr_matrix((n_cols, n_cols), dtype=np.int64)
+    n = np.zeros(n_cols, dtype=np.int64)
+    for c, k in counts:
+        co = co + c.astype(np.int64)
+        n += k
+    return co.tocsr(), n
+
+
+def _pairs(
+    co: sp.csr_matrix, n: np.ndarray, min_support: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs of :func:`_cooccurrence` from summed counts (:func:`_co_counts`)."""
+    co = co.tocoo()
     i, j = co.row.astype(np.int64), co.col.astype(np.int64)
     count = co.data.astype(np.int64)
     keep = (i != j) & (count >= min_support)
@@ -336,6 +389,9 @@ def _top_n_per_row(
 
 #: Customers scored at a time in :meth:`ItemSimilarity.recommend` (bounds memory).
 _CHUNK_ROWS = 65_536
+#: Customers whose seeds and exclusions :meth:`ItemSimilarity.recommend` lays out
+#: at once; more are recommended for in slices of this many (the same result).
+_RECOMMEND_CUSTOMERS = 2_000_000
 
 
 def _recommend_rows(
@@ -373,6 +429,34 @@ def _recommend_rows(
     valid[hit.data.astype(np.int64) - 1] = False
     row, col, val, rank = _top_n_per_row(scores, valid, n)
     return row + start, col, val, rank
+
+
+#: Events (order lines and product views) fetched at a time by :meth:`ItemSimilarity.fit`:
+#: more are read in chunks of customers (consecutive ids), so memory stays bounded.
+_CHUNK_EVENTS = 100_000_000
+
+
+def _customer_ranges(con: Any, events: Table) -> list[tuple[int, int] | None]:
+    """Customer-id ranges splitting ``events`` into chunks of about :data:`_CHUNK_EVENTS`.
+
+    ``[None]`` (one chunk: everything) when they fit, or when customer ids
+    are not integers. Ranges are of equal width over ``[min, max]``.
+    """
+    if not events.customer_id.type().is_integer():
+        return [None]
+    stats = _fetch(
+        con,
+        events.aggregate(
+            n=events.count(), lo=events.customer_id.min(), hi=events.customer_id.max()
+        ),
+    )
+    n = int(stats["n"][0])
+    if n <= _CHUNK_EVENTS:
+        return [None]
+    lo, hi = int(stats["lo"][0]), int(stats["hi"][0])
+    k = -(-n // _CHUNK_EVENTS)
+    edges = np.unique(np.linspace(lo, hi + 1, k + 1).astype(np.int64))
+    return [(int(a), int(b) - 1) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
 class ItemSimilarity:
@@ -490,32 +574,23 @@ class ItemSimilarity:
         events = self._purchases().mutate(bought=ibis.literal(True))
         if w > 0:
             events = events.union(self._views().mutate(bought=ibis.literal(False)))
-        ev = _fetch(con, events)
-        universe = _universe(ev["product_id"])
+        parts = []  # per chunk of customers: histories and co-occurrence counts
+        universe: pd.Index | None = None
+        ranges = _customer_ranges(con, events)
+        if len(ranges) > 1:  # one product code space for every chunk
+            universe = _universe(_fetch(con, events.select("product_id").distinct())["product_id"])
+            log.info("item similarity: events read in %d chunks of customers", len(ranges))
+        for span in ranges:
+            chunk = events if span is None else events.filter(events.customer_id.between(*span))
+            part, universe = self._fit_chunk(_fetch(con, chunk), universe, span)
+            parts.append(part)
         n_products = len(universe)
-        rows, customer_ids, first_id = _customer_codes(ev.pop("customer_id"))
-        prods = _factorize_into(ev.pop("product_id"), universe)
-        times, bought = ev.pop("at"), ev.pop("bought").astype(bool, copy=False)
+        self.histories_ = _Histories.concat([p.pop("histories") for p in parts])
+        co_basket, n_buyers = _sum_counts([p.pop("baskets") for p in parts], n_products)
+        i, j, co_p, cos_p = _pairs(co_basket, n_buyers, self.min_support)
         if w > 0:
-            view = ~bought
-            sessions = _session_incidence(rows[view], times[view], prods[view], n_products)
-            del view
-        indptr, h_prod, h_bought = _histories(
-            rows, prods, times.view(np.int64), bought, len(customer_ids), n_products
-        )
-        del rows, prods, times, bought
-        self.histories_ = _Histories(
-            customer_ids, first_id, indptr, h_prod, h_bought, universe.to_numpy()
-        )
-        h_rows = np.repeat(np.arange(len(customer_ids)), np.diff(indptr))
-        baskets = _incidence(h_rows[h_bought], h_prod[h_bought], n_products)
-        del h_rows
-        i, j, co_p, cos_p = _cooccurrence(baskets, self.min_support)
-        n_buyers = np.asarray(baskets.sum(axis=0), dtype=np.int64).ravel()
-        del baskets
-        if w > 0:
-            vi, vj, co_v, cos_v = _cooccurrence(sessions, self.min_support)
-            del sessions
+            co_session, n_sessions = _sum_counts([p.pop("sessions") for p in parts], n_products)
+            vi, vj, co_v, cos_v = _pairs(co_session, n_sessions, self.min_support)
             # outer join of the two pair sets on (item, other)
             kp, kv = i * n_products + j, vi * n_products + vj
             keys = np.union1d(kp, kv)
@@ -559,6 +634,45 @@ class ItemSimilarity:
             len(self.popularity_),
         )
         return self
+
+    def _fit_chunk(
+        self,
+        ev: dict[str, np.ndarray],
+        universe: pd.Index | None,
+        span: tuple[int, int] | None,
+    ) -> tuple[dict[str, Any], pd.Index]:
+        """Histories and co-occurrence counts of one chunk of customers' events."""
+        if universe is None:
+            universe = _universe(ev["product_id"])
+        n_products = len(universe)
+        values = ev.pop("customer_id")
+        if span is not None and span[1] - span[0] < max(4 * len(values), 1 << 20):
+            # the chunk's whole id range: compact chunks then add up to one range
+            rows = (values - span[0]).astype(np.int64, copy=False)
+            customer_ids = np.arange(span[0], span[1] + 1, dtype=values.dtype)
+            first_id = span[0]
+        else:
+            rows, customer_ids, first_id = _customer_codes(values)
+        del values
+        prods = _factorize_into(ev.pop("product_id"), universe)
+        times, bought = ev.pop("at"), ev.pop("bought").astype(bool, copy=False)
+        part: dict[str, Any] = {}
+        if self.view_weight > 0:
+            view = ~bought
+            part["sessions"] = _co_counts(
+                _session_incidence(rows[view], times[view], prods[view], n_products)
+            )
+            del view
+        indptr, h_prod, h_bought = _histories(
+            rows, prods, times.view(np.int64), bought, len(customer_ids), n_products
+        )
+        del rows, prods, times, bought
+        part["histories"] = _Histories(
+            customer_ids, first_id, indptr, h_prod, h_bought, universe.to_numpy()
+        )
+        h_rows = np.repeat(np.arange(len(customer_ids)), np.diff(indptr))
+        part["baskets"] = _co_counts(_incidence(h_rows[h_bought], h_prod[h_bought], n_products))
+        return part, universe
 
     def _check_is_fitted(self) -> None:
         if not hasattr(self, "similar_items_"):
@@ -609,6 +723,19 @@ class ItemSimilarity:
         ids = pd.Index(pd.unique(pd.Series(list(customer_ids))), name="customer_id")
         if len(ids) == 0:
             return self._empty()
+        if len(ids) > _RECOMMEND_CUSTOMERS:  # bounded memory: customers are independent
+            parts = [
+                self.recommend(
+                    ids[start : start + _RECOMMEND_CUSTOMERS],
+                    n,
+                    exclude_purchased,
+                    seed_products,
+                    seed_weight,
+                )
+                for start in range(0, len(ids), _RECOMMEND_CUSTOMERS)
+            ]
+            recs = pd.concat(parts, ignore_index=True)
+            return recs.sort_values(["customer_id", "rank"], kind="stable").reset_index(drop=True)
         con = self.store_.con
         id_type = self.store_.table("orders").customer_id.type()
         product_type = self.store_.table("order_lines").product_id.type()

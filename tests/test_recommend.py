@@ -370,3 +370,42 @@ def test_histories_with_times_too_far_apart_for_offsets() -> None:
     assert indptr.tolist() == [0, 3, 5]
     assert order.tolist() == [0, 1, 2, 0, 1]
     assert was_bought.tolist() == [False, False, True, True, False]
+
+
+@pytest.mark.parametrize("id_scale", [1, 10**9])
+def test_fit_in_chunks_of_customers_gives_the_same_model(id_scale: int, monkeypatch) -> None:
+    """Past _CHUNK_EVENTS events, fit reads customers chunk by chunk: the same model."""
+    from bmkt import recommend
+
+    rng = np.random.default_rng(7 + id_scale)
+    store = random_store(rng, 60, id_scale)
+    as_of = "2024-01-10"
+    whole = ItemSimilarity(min_support=1).fit(store, as_of)
+    monkeypatch.setattr(recommend, "_CHUNK_EVENTS", 150)
+    ranges = recommend._customer_ranges(whole.store_.con, whole._purchases())
+    assert len(ranges) > 3  # really in chunks
+    chunked = ItemSimilarity(min_support=1).fit(store, as_of)
+    pd.testing.assert_frame_equal(chunked.similar_items_, whole.similar_items_)
+    pd.testing.assert_frame_equal(chunked.popularity_, whole.popularity_)
+    pd.testing.assert_frame_equal(fitted_histories(chunked), fitted_histories(whole))
+    pd.testing.assert_frame_equal(
+        fitted_histories(chunked), reference_histories(store, as_of), check_dtype=False
+    )
+    ids = store["customers"]["customer_id"].to_numpy()
+    pd.testing.assert_frame_equal(chunked.recommend(ids, n=3), whole.recommend(ids, n=3))
+
+
+def test_recommend_for_many_customers_in_slices_gives_the_same_result(monkeypatch) -> None:
+    from bmkt import recommend
+
+    rng = np.random.default_rng(3)
+    store = random_store(rng, 50, 1)
+    model = ItemSimilarity(min_support=1).fit(store, "2024-01-10")
+    ids = np.concatenate([store["customers"]["customer_id"].to_numpy()[::-1], [10**6]])
+    cart = pd.DataFrame({"customer_id": ids[:20], "products": [[1, 2]] * 20})
+    whole = model.recommend(ids, n=4, seed_products=cart)
+    monkeypatch.setattr(recommend, "_RECOMMEND_CUSTOMERS", 7)
+    sliced = model.recommend(ids, n=4, seed_products=cart)
+    pd.testing.assert_frame_equal(sliced, whole)
+    unknown = whole[whole["customer_id"] == 10**6]
+    assert len(unknown) == 4 and (unknown["source"] == "popular").all()
