@@ -61,6 +61,7 @@ import pandas as pd
 import scipy.sparse as sp
 from ibis.expr.types import Table
 
+from bmkt import engine
 from bmkt.errors import ConfigError, NotFittedError
 from bmkt.io import Store, open_store
 from bmkt.schema import parse_as_of
@@ -436,24 +437,30 @@ def _recommend_rows(
 _CHUNK_EVENTS = 100_000_000
 
 
-def _customer_ranges(con: Any, events: Table) -> list[tuple[int, int] | None]:
-    """Customer-id ranges splitting ``events`` into chunks of about :data:`_CHUNK_EVENTS`.
+def _customer_ranges(store: Store, views: bool) -> list[tuple[int, int] | None]:
+    """Customer-id ranges splitting the events of a fit into chunks of about :data:`_CHUNK_EVENTS`.
 
+    The events are counted from above by the rows of ``order_lines`` (and
+    ``web_events`` with ``views``), which engines know without a scan.
     ``[None]`` (one chunk: everything) when they fit, or when customer ids
-    are not integers. Ranges are of equal width over ``[min, max]``.
+    are not integers; else ranges of equal width over the customer ids of
+    the orders and web events.
     """
-    if not events.customer_id.type().is_integer():
+    tables = [store.table("orders")]
+    lines = store.table("order_lines")
+    n = int(engine.to_pandas(lines.aggregate(n=lines.count()))["n"].iloc[0])
+    if views and "web_events" in store:
+        web = store.table("web_events")
+        tables.append(web)
+        n += int(engine.to_pandas(web.aggregate(n=web.count()))["n"].iloc[0])
+    if n <= _CHUNK_EVENTS or not all(t.customer_id.type().is_integer() for t in tables):
         return [None]
-    stats = _fetch(
-        con,
-        events.aggregate(
-            n=events.count(), lo=events.customer_id.min(), hi=events.customer_id.max()
-        ),
-    )
-    n = int(stats["n"][0])
-    if n <= _CHUNK_EVENTS:
-        return [None]
-    lo, hi = int(stats["lo"][0]), int(stats["hi"][0])
+    bounds = [
+        engine.to_pandas(t.aggregate(lo=t.customer_id.min(), hi=t.customer_id.max())).iloc[0]
+        for t in tables
+    ]
+    lo = min(int(b["lo"]) for b in bounds if pd.notna(b["lo"]))
+    hi = max(int(b["hi"]) for b in bounds if pd.notna(b["hi"]))
     k = -(-n // _CHUNK_EVENTS)
     edges = np.unique(np.linspace(lo, hi + 1, k + 1).astype(np.int64))
     return [(int(a), int(b) - 1) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
@@ -576,7 +583,7 @@ class ItemSimilarity:
             events = events.union(self._views().mutate(bought=ibis.literal(False)))
         parts = []  # per chunk of customers: histories and co-occurrence counts
         universe: pd.Index | None = None
-        ranges = _customer_ranges(con, events)
+        ranges = _customer_ranges(self.store_, w > 0)
         if len(ranges) > 1:  # one product code space for every chunk
             universe = _universe(_fetch(con, events.select("product_id").distinct())["product_id"])
             log.info("item similarity: events read in %d chunks of customers", len(ranges))
