@@ -219,6 +219,9 @@ NULLABLE_FEATURES: tuple[str, ...] = (
 _KEYS = ["customer_id", "cutoff"]
 _US_PER_DAY = 86_400e6
 _US_PER_HOUR = 3_600e6
+#: Points whose customers are fewer than this share of the customers in their id
+#: range read only those customers' events (a semi join before anything else).
+SPARSE_SHARE = 0.5
 #: Web events followed by at least this many days of silence are kept as marks.
 _SILENCE_DAYS = 30
 #: Web events of the last this many days before a cutoff are read in full.
@@ -316,6 +319,7 @@ def _feature_query(
     max_end: pd.Timestamp,
     machine: dict,
     ids: tuple[int, int] | None = None,
+    sparse: bool = False,
 ) -> Table:
     """The lazy Ibis expression of every feature for each ``(customer_id, cutoff)`` point.
 
@@ -343,13 +347,17 @@ def _feature_query(
     the largest customer id of the points, filters every per-customer table
     before anything else: a chunk of customers (:func:`build_features_at`
     called chunk by chunk) reads only their events, and Parquet row groups
-    outside the range are skipped.
+    outside the range are skipped. With ``sparse`` (the points' customers are
+    a small share of those in the range, such as a training sample), the
+    tables are also semi-joined with the points' customers first, so that
+    sessions and per-email work cover only their events.
     """
+    who = points.select("customer_id").distinct()
 
     def mine(table: Table) -> Table:
-        if ids is None:
-            return table
-        return table.filter(table.customer_id.between(ids[0], ids[1]))
+        if ids is not None:
+            table = table.filter(table.customer_id.between(ids[0], ids[1]))
+        return table.semi_join(who, "customer_id") if sparse else table
 
     cust = mine(store.table("customers")).select("customer_id", "created_at")
     P = points.inner_join(cust, "customer_id")
@@ -772,18 +780,21 @@ def _run(
     max_end: pd.Timestamp,
     machine: dict,
     ids: tuple[int, int] | None = None,
+    sparse: bool = False,
 ) -> pd.DataFrame:
     """Execute the feature query for the points ``pts`` and finish the frame in pandas.
 
     ``min_end`` and ``max_end`` are the earliest and the latest cutoff of the
-    points, ``ids`` their smallest and largest customer id (when known).
+    points, ``ids`` their smallest and largest customer id (when known);
+    ``sparse`` as in :func:`_feature_query`.
     """
     started = time.perf_counter()
     pts = pts.select(
         customer_id=pts.customer_id.cast(dt.int64), cutoff=pts.cutoff.cast(dt.Timestamp())
     )
     # through Arrow: per-point rows, numeric columns (faster than the generic conversion)
-    raw = _feature_query(store, pts, min_end, max_end, machine, ids).to_pyarrow().to_pandas()
+    query = _feature_query(store, pts, min_end, max_end, machine, ids, sparse)
+    raw = query.to_pyarrow().to_pandas()
     out = _finish(raw).sort_values(["cutoff", "customer_id"], kind="stable")
     out = out.reset_index(drop=True)
     log.info(
@@ -865,6 +876,11 @@ def build_features_at(
     machine = _machine_settings(machine_open_params)
     if frame.empty:
         return pd.DataFrame(columns=["customer_id", "cutoff", *FEATURES])
+    ids = (int(frame["customer_id"].min()), int(frame["customer_id"].max()))
+    customers = store.table("customers")
+    in_range = customers.filter(customers.customer_id.between(*ids))
+    n_in_range = int(engine.to_pandas(in_range.aggregate(n=in_range.count()))["n"].iloc[0])
+    sparse = frame["customer_id"].nunique() < SPARSE_SHARE * n_in_range
     name = f"_bmkt_points_{uuid.uuid4().hex}"
     pts = engine.register_table(store.con, name, ibis.memtable(frame))
     try:
@@ -874,7 +890,8 @@ def build_features_at(
             pd.Timestamp(frame["cutoff"].min()),
             pd.Timestamp(frame["cutoff"].max()),
             machine,
-            (int(frame["customer_id"].min()), int(frame["customer_id"].max())),
+            ids,
+            sparse,
         )
     finally:
         store.con.drop_table(name, force=True)

@@ -207,3 +207,32 @@ def test_many_customers_are_scored_in_chunks_with_the_same_result(store, monkeyp
     full = build_features_before(opened, end)
     part = part.drop(columns="cutoff").set_index("customer_id")
     pd.testing.assert_frame_equal(part, full.loc[part.index], check_like=False)
+
+
+def test_features_of_a_sparse_sample_read_only_its_customers(store, monkeypatch) -> None:
+    """A sample spread over all ids (a training sample) reads only its customers' events.
+
+    The semi join before the sessions and per-email work must not change a
+    feature: the sample's rows equal those of the whole build.
+    """
+    from bmkt import features
+    from bmkt.features import build_features_at, build_features_before
+    from bmkt.io import open_store
+
+    opened = open_store(store)
+    end = pd.Timestamp("2024-07-01")
+    full = build_features_before(opened, end)
+    sample = np.sort(np.random.default_rng(5).choice(full.index.to_numpy(), 300, replace=False))
+    seen = []
+    real = features._feature_query
+
+    def spy(*args, **kwargs):
+        seen.append(args[6])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features, "_feature_query", spy)
+    part = build_features_at(opened, pd.DataFrame({"customer_id": sample, "cutoff": end}))
+    assert seen == [True]  # the sparse path ran
+    part = part.drop(columns="cutoff").set_index("customer_id")
+    assert part.index.equals(pd.Index(sample, name="customer_id"))
+    pd.testing.assert_frame_equal(part, full.loc[sample])
