@@ -540,6 +540,30 @@ def labelled_opens(store: Any, as_of: object, **machine_open_params: Any) -> Tab
     )
 
 
+def _covering_labels(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> Table | None:
+    """The opens before ``end`` as labelled by a shared block whose window ends at or after it.
+
+    For a feature query whose cutoffs are all before a block's end (training
+    cutoffs inside a scoring run): the per-open labels it reads -- the ESP
+    flag, the user-agent rule, whether the open came fast after delivery --
+    do not depend on the window end (the proxy verdict, which does, is taken
+    per cutoff by the query itself), so the block's labels serve instead of
+    labelling every open again. ``None`` outside such a block.
+    """
+    thread, key = threading.get_ident(), _shared_key(store, end, params)[3]
+    found = [
+        (e, labels)
+        for (tid, _, e, pkey), (held, labels) in _SHARED.items()
+        if tid == thread and held is store and pkey == key and e >= end
+    ]
+    if not found:
+        return None
+    opens = min(found, key=lambda item: item[0])[1].opens
+    return opens.filter(opens.occurred_at < _ts_literal(end)).select(
+        "customer_id", "campaign_id", "occurred_at", "machine_open", "is_fast", "rule", "is_machine"
+    )
+
+
 def flag_machine_opens(
     store: Any,
     as_of: object,

@@ -81,7 +81,7 @@ import pandas as pd
 from ibis.expr.types import Table
 
 from bmkt import engine
-from bmkt.engagement import flag_machine_opens, labelled_opens
+from bmkt.engagement import _covering_labels, _machine_params, flag_machine_opens, labelled_opens
 from bmkt.errors import ConfigError, DataError, data_problem
 from bmkt.io import Store, open_store
 from bmkt.schema import parse_as_of
@@ -495,7 +495,11 @@ def _feature_query(
         .group_by(ekeys)
         .aggregate(delivered_at=ev.occurred_at.min())
     )
-    labelled = mine(labelled_opens(store, as_of_for_end(max_end), **machine))  # shared in a block
+    # labelled once per run inside engagement.shared_machine_opens (also for earlier cutoffs)
+    labelled = _covering_labels(store, max_end, _machine_params(machine))
+    if labelled is None:
+        labelled = labelled_opens(store, as_of_for_end(max_end), **machine)
+    labelled = mine(labelled)
     cand = labelled.filter(labelled.is_fast & labelled.machine_open.fill_null(True))
     cand = cand.inner_join(emails, ekeys)  # a fast open needs a delivery (as in engagement)
     fast = cand.group_by(ekeys).aggregate(first_fast_at=cand.occurred_at.min())

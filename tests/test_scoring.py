@@ -236,3 +236,38 @@ def test_features_of_a_sparse_sample_read_only_its_customers(store, monkeypatch)
     part = part.drop(columns="cutoff").set_index("customer_id")
     assert part.index.equals(pd.Index(sample, name="customer_id"))
     pd.testing.assert_frame_equal(part, full.loc[sample])
+
+
+def test_features_at_earlier_cutoffs_reuse_a_run_s_machine_open_labels(store, monkeypatch) -> None:
+    """Inside shared_machine_opens(as_of), features at earlier cutoffs read the block's labels.
+
+    Labelling every open again at the cutoff would give the same features; the
+    block's labels serve instead (the opens are not labelled a second time).
+    """
+    from bmkt import engagement, features
+    from bmkt.features import build_features_at
+    from bmkt.io import open_store
+
+    opened = open_store(store)
+    ids = np.sort(opened.table("customers").customer_id.to_pandas().to_numpy())[::7]
+    points = pd.concat(
+        [
+            pd.DataFrame({"customer_id": ids, "cutoff": pd.Timestamp(c)})
+            for c in ("2024-03-15", "2024-05-20 12:00")
+        ]
+    )
+    outside = build_features_at(opened, points)
+    calls = []
+    real = engagement.labelled_opens
+
+    def spy(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features, "labelled_opens", spy)
+    with engagement.shared_machine_opens(opened, AS_OF) as inside_store:
+        inside = build_features_at(inside_store, points)
+    assert calls == []  # the block's labels were read
+    pd.testing.assert_frame_equal(inside, outside)
+    build_features_at(opened, points)  # outside a block the opens are labelled at the cutoff
+    assert len(calls) == 1
