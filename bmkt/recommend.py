@@ -444,7 +444,8 @@ def _customer_ranges(store: Store, views: bool) -> list[tuple[int, int] | None]:
     ``web_events`` with ``views``), which engines know without a scan.
     ``[None]`` (one chunk: everything) when they fit, or when customer ids
     are not integers; else ranges of equal width over the customer ids of
-    the orders and web events.
+    the orders and web events (equal in width, not in events: customers whose
+    ids cluster make uneven chunks).
     """
     tables = [store.table("orders")]
     lines = store.table("order_lines")
@@ -462,8 +463,9 @@ def _customer_ranges(store: Store, views: bool) -> list[tuple[int, int] | None]:
     lo = min(int(b["lo"]) for b in bounds if pd.notna(b["lo"]))
     hi = max(int(b["hi"]) for b in bounds if pd.notna(b["hi"]))
     k = -(-n // _CHUNK_EVENTS)
-    edges = np.unique(np.linspace(lo, hi + 1, k + 1).astype(np.int64))
-    return [(int(a), int(b) - 1) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+    # integer edges (float ones round ids past 2**53: customers would fall between chunks)
+    edges = [lo + (hi + 1 - lo) * i // k for i in range(k + 1)]
+    return [(a, b - 1) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
 class ItemSimilarity:

@@ -421,28 +421,43 @@ def _score_in_chunks(
     end: pd.Timestamp,
     models: list[tuple[Any, str]],
 ) -> dict[str, np.ndarray]:
-    """Score every customer of ``table`` with each fitted model, chunk by chunk."""
-    from bmkt.errors import DataError as NoPopulation
+    """Score every customer of ``table`` with each fitted model, chunk by chunk.
+
+    As in the one-query path, what cannot be scored is left missing with a
+    message (a chunk without buyers has no churn scores: INFO; a model that
+    scores no chunk at all: WARNING).
+    """
+    from bmkt.errors import BmktError
     from bmkt.features import build_features_at
 
     ids = np.sort(table.index.to_numpy())
     out = {column: np.full(len(table), np.nan) for _, column in models}
+    scored_chunks = dict.fromkeys(out, 0)
     n_chunks = -(-len(ids) // SCORING_CHUNK)
     for k, start in enumerate(range(0, len(ids), SCORING_CHUNK), start=1):
         chunk = ids[start : start + SCORING_CHUNK]
-        X = build_features_at(store, pd.DataFrame({"customer_id": chunk, "cutoff": end}))
+        try:
+            X = build_features_at(store, pd.DataFrame({"customer_id": chunk, "cutoff": end}))
+        except BmktError as exc:
+            log.warning("chunk %d of %d: features not built (%s); left missing", k, n_chunks, exc)
+            continue
         X = X.drop(columns="cutoff").set_index("customer_id")
         X.attrs["cutoff"] = end.isoformat()
         for model, column in models:
             try:
                 scored = model.score(store, as_of, features=X)
-            except NoPopulation as exc:  # e.g. no buyer among these customers
-                log.info("chunk %d: %s not scored (%s)", k, column, exc)
+            except BmktError as exc:  # e.g. no buyer among these customers
+                log.info("chunk %d of %d: %s not scored (%s)", k, n_chunks, column, exc)
                 continue
             where = table.index.get_indexer(scored["customer_id"].to_numpy())
-            out[column][where] = scored[column].to_numpy(dtype="float64")
+            known = where >= 0
+            out[column][where[known]] = scored[column].to_numpy(dtype="float64")[known]
+            scored_chunks[column] += 1
         log.info("scored chunk %d of %d (%s customers)", k, n_chunks, f"{len(chunk):,}")
         del X
+    for column, n in scored_chunks.items():
+        if n == 0:
+            log.warning("%s: no chunk of customers could be scored; left missing", column)
     return out
 
 

@@ -372,26 +372,32 @@ def test_histories_with_times_too_far_apart_for_offsets() -> None:
     assert was_bought.tolist() == [False, False, True, True, False]
 
 
-@pytest.mark.parametrize("id_scale", [1, 10**9])
-def test_fit_in_chunks_of_customers_gives_the_same_model(id_scale: int, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("id_scale", "min_support"), [(1, 1), (1, 2), (10**9, 1), (10**16 + 1, 2)]
+)  # compact, sparse, and ids past 2**53 (where float chunk edges would lose customers)
+def test_fit_in_chunks_of_customers_gives_the_same_model(
+    id_scale: int, min_support: int, monkeypatch
+) -> None:
     """Past _CHUNK_EVENTS events, fit reads customers chunk by chunk: the same model."""
     from bmkt import recommend
 
-    rng = np.random.default_rng(7 + id_scale)
+    rng = np.random.default_rng(7 + id_scale % 1000)
     store = random_store(rng, 60, id_scale)
     as_of = "2024-01-10"
-    whole = ItemSimilarity(min_support=1).fit(store, as_of)
+    whole = ItemSimilarity(min_support=min_support).fit(store, as_of)
     monkeypatch.setattr(recommend, "_CHUNK_EVENTS", 150)
     ranges = recommend._customer_ranges(whole.store_, views=True)
     assert len(ranges) > 3  # really in chunks
-    chunked = ItemSimilarity(min_support=1).fit(store, as_of)
+    ids = store["customers"]["customer_id"].to_numpy()
+    assert ranges[0][0] == ids.min() and ranges[-1][1] == ids.max()  # every customer in one
+    assert all(a[1] + 1 == b[0] for a, b in zip(ranges[:-1], ranges[1:], strict=True))
+    chunked = ItemSimilarity(min_support=min_support).fit(store, as_of)
     pd.testing.assert_frame_equal(chunked.similar_items_, whole.similar_items_)
     pd.testing.assert_frame_equal(chunked.popularity_, whole.popularity_)
     pd.testing.assert_frame_equal(fitted_histories(chunked), fitted_histories(whole))
     pd.testing.assert_frame_equal(
         fitted_histories(chunked), reference_histories(store, as_of), check_dtype=False
     )
-    ids = store["customers"]["customer_id"].to_numpy()
     pd.testing.assert_frame_equal(chunked.recommend(ids, n=3), whole.recommend(ids, n=3))
 
 

@@ -184,6 +184,7 @@ def test_many_customers_are_scored_in_chunks_with_the_same_result(store, monkeyp
     from bmkt.io import open_store
 
     opened = open_store(store)
+    monkeypatch.setattr(scoring, "TRAINING_CUSTOMERS", 1000)  # as at scale: a training sample
     whole = score_customers(opened, AS_OF, churn=True).table
     monkeypatch.setattr(scoring, "SCORING_CHUNK", 700)  # 3000 customers: 5 chunks
     calls = []
@@ -195,9 +196,11 @@ def test_many_customers_are_scored_in_chunks_with_the_same_result(store, monkeyp
 
     monkeypatch.setattr("bmkt.features.build_features_at", counting)
     chunked = score_customers(opened, AS_OF, churn=True).table
-    assert calls == [700, 700, 700, 700, len(whole) - 2800]
+    # the training sample at two cutoffs, then everyone in chunks
+    assert calls == [2000, 700, 700, 700, 700, len(whole) - 2800]
     for column in ("churn_risk", "purchase_propensity"):
         pd.testing.assert_series_equal(chunked[column], whole[column])
+    assert chunked["purchase_propensity"].notna().all()
     assert chunked.loc[chunked.is_buyer, "churn_risk"].notna().all()
     assert chunked.loc[~chunked.is_buyer, "churn_risk"].isna().all()
     # a chunk's features are those of the whole build, for its customers only
