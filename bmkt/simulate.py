@@ -1273,13 +1273,10 @@ class _Store:
         status = self.status_end
         consent = self.consent0 & ~np.isin(status, (_S_UNSUBSCRIBED, _S_COMPLAINED))
         ids = np.arange(1, n + 1, dtype=np.int64)
-        email = pc.binary_join_element_wise(
-            "customer", pa.array(ids).cast(pa.string()), "@example.com", ""
-        )
         return pd.DataFrame(
             {
                 "customer_id": ids,
-                "email": email.to_numpy(zero_copy_only=False).astype(object),
+                "email": _emails(ids),
                 "created_at": self.to_ns(self.signup).view("datetime64[ns]"),
                 "timezone": _labels(self.tz_observed, TIMEZONES),
                 "country": _labels(self.country, _COUNTRIES),
@@ -1488,6 +1485,14 @@ def _simulate(
 
 
 #: Id columns shifted per block by :func:`simulate_to_folder` (campaigns are shared).
+def _emails(ids: np.ndarray) -> np.ndarray:
+    """The simulated address of each customer id: ``customer<id>@example.com``."""
+    email = pc.binary_join_element_wise(
+        "customer", pa.array(ids).cast(pa.string()), "@example.com", ""
+    )
+    return email.to_numpy(zero_copy_only=False).astype(object)
+
+
 _BLOCK_IDS = {
     "customers": ("customer_id",),
     "orders": ("order_id", "customer_id"),
@@ -1570,6 +1575,8 @@ def simulate_to_folder(
                 frame = tables.pop(name)
                 for col in _BLOCK_IDS.get(name, ()):
                     frame[col] = frame[col] + shift[col]
+                if name == "customers" and i > 0:  # addresses follow the shifted ids
+                    frame["email"] = _emails(frame["customer_id"].to_numpy())
                 folder = tmp / name
                 folder.mkdir(exist_ok=True)
                 frame.to_parquet(folder / f"part-{i:05d}.parquet", index=False)

@@ -762,6 +762,8 @@ def test_simulate_to_folder_blocks_share_campaigns_and_keep_ids_unique(tmp_path)
     ]  # fmt: skip
     t = {name: pd.read_parquet(paths[name]) for name in TABLES}
     assert t["customers"]["customer_id"].tolist() == list(range(1, 2501))
+    # one address per customer across blocks (a plan sends once per address)
+    assert t["customers"]["email"].tolist() == [f"customer{i}@example.com" for i in range(1, 2501)]
     assert t["truth"]["customer_id"].tolist() == list(range(1, 2501))
     assert t["orders"]["order_id"].is_unique
     assert set(t["order_lines"]["order_id"]) <= set(t["orders"]["order_id"])
