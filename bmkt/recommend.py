@@ -299,17 +299,6 @@ def _histories(
     )
 
 
-def _cooccurrence(
-    x: sp.csr_matrix, min_support: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Cosine-normalised co-occurrence of the columns of a binary basket matrix.
-
-    Returns ``(item, other, count, cosine)`` over the pairs ``item != other``
-    seen in at least ``min_support`` baskets, ``cosine = c(i, j) / sqrt(n(i) n(j))``.
-    """
-    return _pairs(*_co_counts(x), min_support)
-
-
 def _co_counts(x: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray]:
     """Co-occurrence counts ``X'X`` and column counts of a binary basket matrix.
 
@@ -323,6 +312,8 @@ def _sum_counts(
     counts: list[tuple[sp.csr_matrix, np.ndarray]], n_cols: int
 ) -> tuple[sp.csr_matrix, np.ndarray]:
     """The sum of several :func:`_co_counts` over the same columns."""
+    if len(counts) == 1:  # one chunk: nothing to add
+        return counts[0]
     co = sp.csr_matrix((n_cols, n_cols), dtype=np.int64)
     n = np.zeros(n_cols, dtype=np.int64)
     for c, k in counts:
@@ -334,7 +325,11 @@ def _sum_counts(
 def _pairs(
     co: sp.csr_matrix, n: np.ndarray, min_support: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The pairs of :func:`_cooccurrence` from summed counts (:func:`_co_counts`)."""
+    """Cosine-normalised co-occurrence pairs from (summed) :func:`_co_counts`.
+
+    Returns ``(item, other, count, cosine)`` over the pairs ``item != other``
+    seen in at least ``min_support`` baskets, ``cosine = c(i, j) / sqrt(n(i) n(j))``.
+    """
     co = co.tocoo()
     i, j = co.row.astype(np.int64), co.col.astype(np.int64)
     count = co.data.astype(np.int64)
