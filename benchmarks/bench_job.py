@@ -177,6 +177,8 @@ def _job(folder: Path, out: Path) -> tuple[dict[str, Timing], dict[str, int]]:
         )
     )
 
+    recs = None  # in the send lists now; the recommendations frame is not published
+
     def publish() -> None:
         publish_segments(assignment, scores.table, out, "bench", AS_OF)
         publish_plan(plan, out, "bench", AS_OF)

@@ -110,6 +110,17 @@ Measurement: because arbitration treats both arms alike, the sends and the
 holdout of a campaign are comparable groups (``uplift_below_top`` customers
 are outside both), which is what :func:`bmkt.report.incrementality`
 compares.
+
+Large bases
+-----------
+Above :data:`PLAN_CHUNK` customers (1M) the plan is built part by part
+(about that many customers each, one part in memory at a time) and put
+together. Customers are split by a hash of their address, so every decision
+stays the same: suppression, global control, holdout, arm and send time are
+per customer, and arbitration per address, which a part holds whole. The
+result equals the one-part plan (tested). A campaign with
+``uplift_top_share`` ranks its whole audience, so with one the plan is built
+in one part.
 """
 
 from __future__ import annotations
@@ -1579,7 +1590,6 @@ def build_plan(
     _check_params(max_per_day, frequency_cap, cap_days, global_control_share, salt)
     camps = [c for c in load_campaigns(campaigns) if c.enabled]
     end = parse_as_of(as_of)
-    default_day = end.normalize()
 
     if isinstance(customers, Store):
         store = customers
@@ -1591,6 +1601,53 @@ def build_plan(
         "customers",
         ["customer_id", "email", "email_status", "email_consent", "timezone"],
     )
+    settings = {
+        "suppression": suppression,
+        "global_control_share": global_control_share,
+        "max_per_day": max_per_day,
+        "frequency_cap": frequency_cap,
+        "cap_days": cap_days,
+        "salt": salt,
+        "forgotten": forgotten,
+    }
+    n_parts = -(-len(cust_frame) // PLAN_CHUNK)
+    if n_parts > 1 and _can_split(cust_frame, camps):
+        return _plan_in_parts(
+            n_parts, cust_frame, assignment, triggers, camps, as_of, end, email_events,
+            features, recommendations, settings,
+        )  # fmt: skip
+    return _plan(
+        cust_frame, assignment, triggers, camps, as_of, end, email_events, features,
+        recommendations, **settings,
+    )  # fmt: skip
+
+
+def _plan(
+    cust_frame: pd.DataFrame,
+    assignment: pd.DataFrame | None,
+    triggers: pd.DataFrame | None,
+    camps: list[Campaign],
+    as_of: Any,
+    end: pd.Timestamp,
+    email_events: Any,
+    features: pd.DataFrame | None,
+    recommendations: pd.DataFrame | None,
+    suppression: Iterable[Any] | str | os.PathLike[str] | None,
+    global_control_share: float,
+    max_per_day: int,
+    frequency_cap: int,
+    cap_days: int,
+    salt: str,
+    forgotten: str | os.PathLike[str] | None,
+    known: tuple[set[str], set[str]] | None = None,
+) -> SendPlan:
+    """:func:`build_plan` on a customers frame and the enabled campaigns.
+
+    ``known`` (segment names and ``in_`` slugs) overrides what the given
+    assignment defines: a part of the customers (:func:`_plan_in_parts`) is
+    checked against the segments of the whole assignment.
+    """
+    default_day = end.normalize()
     supp_ids, supp_addr, supp_source = _suppression_entries(suppression)
     forgotten_keys, forgotten_source = _forgotten_keys(forgotten)
     if cust_frame["customer_id"].dtype.kind in "iuf":  # integer ids: "0042", "42.0" are 42
@@ -1602,7 +1659,7 @@ def build_plan(
     feats = _features_frame(features)
     recs = _recommendation_columns(recommendations)
 
-    known_segments, slugs = _segment_info(assign)
+    known_segments, slugs = _segment_info(assign) if known is None else known
     for c in camps:
         where = f"campaign {c.campaign_id!r}"
         if c.audience.segments:
@@ -1849,6 +1906,239 @@ def build_plan(
     return plan
 
 
+#: Above this many customers the plan is built in parts of about this many
+#: (customers who share an address always in the same part), one at a time, so
+#: that only one part's candidates are held at once.
+PLAN_CHUNK = 1_000_000
+
+
+def _can_split(cust: pd.DataFrame, camps: list[Campaign]) -> bool:
+    """Whether :func:`_plan_in_parts` gives the plan of the whole base.
+
+    It does unless a campaign ranks its whole audience (``uplift_top_share``).
+    Only integer ids that are unique are split (anything else goes the
+    one-part way, which reports the problem).
+    """
+    if any(c.uplift_top_share is not None for c in camps):
+        log.info("send plan in one part: a campaign ranks its whole audience by uplift")
+        return False
+    if "customer_id" not in cust.columns or "email" not in cust.columns:
+        return False
+    ids = cust["customer_id"]
+    return isinstance(ids.dtype, np.dtype) and ids.dtype.kind in "iu" and ids.is_unique
+
+
+def _address_parts(cust: pd.DataFrame, n_parts: int) -> np.ndarray:
+    """The part of each customer: a hash of the address as arbitration reads it.
+
+    Customers with the same address (stripped, lower case) land in the same
+    part, so the daily limit and the frequency cap, which count per address,
+    see all of an address's candidates; customers without a text address
+    (suppressed anyway) are spread by id.
+    """
+    email = cust["email"].astype(object)
+    text = email.str.strip().str.lower()
+    is_text = text.notna().to_numpy()
+    h = pd.util.hash_array(cust["customer_id"].to_numpy())
+    if is_text.any():
+        h[is_text] = pd.util.hash_array(text[is_text].to_numpy(dtype=object))
+    return (h % np.uint64(n_parts)).astype(np.int64)
+
+
+class _PartOf:
+    """The part of any frame's customer ids: that of the customer, part 0 when unknown."""
+
+    def __init__(self, cust_ids: pd.Series, parts: np.ndarray) -> None:
+        self._ids = cust_ids
+        self._index = pd.Index(cust_ids.to_numpy())
+        self._text: pd.Index | None = None
+        self.parts = parts
+
+    def __call__(self, ids: pd.Series | pd.Index) -> np.ndarray:
+        if isinstance(ids.dtype, np.dtype) and ids.dtype.kind in "iu":
+            pos = self._index.get_indexer(np.asarray(ids))
+        else:  # as the plan matches ids: by their canonical text (5, 5.0 and "5")
+            if self._text is None:
+                self._text = pd.Index(id_strings(self._ids).to_numpy(dtype=object))
+            pos = self._text.get_indexer(id_strings(pd.Series(np.asarray(ids, dtype=object))))
+        return np.where(pos >= 0, self.parts[np.maximum(pos, 0)], 0)
+
+
+#: The columns of the triggers and features frames :func:`_plan` reads.
+_READ = {
+    "triggers": ("customer_id", "trigger", "triggered_at", "products", "categories"),
+    "features": (
+        "customer_id", "preferred_hour", "uplift", "send_time_source", "send_timezone"
+    ),
+}  # fmt: skip
+
+
+def _ids_of(frame: pd.DataFrame) -> pd.Series | pd.Index:
+    return frame["customer_id"] if "customer_id" in frame.columns else frame.index
+
+
+def _plan_in_parts(
+    n_parts: int,
+    cust_frame: pd.DataFrame,
+    assignment: Any,
+    triggers: Any,
+    camps: list[Campaign],
+    as_of: Any,
+    end: pd.Timestamp,
+    email_events: Any,
+    features: Any,
+    recommendations: Any,
+    settings: dict[str, Any],
+) -> SendPlan:
+    """:func:`_plan` part by part of the customers (split by address), then put together.
+
+    Every decision is per customer (suppression, global control, holdout and
+    arm draws, send time) or per address (arbitration), and a part holds all
+    customers of its addresses, so the result equals the one-part plan.
+    """
+    from ibis.expr.types import Table
+
+    parts = _address_parts(cust_frame, n_parts)
+    part_of = _PartOf(cust_frame["customer_id"], parts)
+    frames: dict[str, pd.DataFrame | None] = {}
+    for name, data in (
+        ("assignment", assignment),
+        ("triggers", triggers),
+        ("features", features),
+        ("recommendations", recommendations),
+    ):
+        frames[name] = None if data is None else _to_frame(data, name)
+    for name, used in _READ.items():  # only what the plan reads is split
+        f = frames[name]
+        if f is not None:
+            frames[name] = f[[c for c in f.columns if c in used]]
+    known = None
+    if frames["assignment"] is not None:
+        a = frames["assignment"]
+        _require(a.set_index("customer_id") if "customer_id" in a.columns else a, "assignment",
+                 ("segment",))  # fmt: skip
+        known = _segment_info(a)
+    if frames["triggers"] is not None:
+        _require(frames["triggers"], "triggers", ("customer_id",))
+    if frames["recommendations"] is not None:
+        _require(frames["recommendations"], "recommendations", ("customer_id",))
+    cols = ["customer_id", "occurred_at", "event_type"]
+    if isinstance(email_events, Table):  # the sent events of the cap window, read once
+        start = end - pd.Timedelta(days=int(settings["cap_days"]))
+        t = email_events
+        t = t.filter((t.event_type == "sent") & (t.occurred_at >= start) & (t.occurred_at < end))
+        frames["email_events"] = t.select(cols).to_pandas()
+    elif email_events is not None:
+        frames["email_events"] = _to_frame(email_events, "email_events")
+        _require(frames["email_events"], "email_events", cols)
+    else:
+        frames["email_events"] = None
+    where = {
+        name: None if f is None else part_of(_ids_of(f)) for name, f in frames.items()
+    }  # fmt: skip
+    plans = []
+    for k in range(n_parts):
+
+        def mine(name: str, k: int = k) -> pd.DataFrame | None:
+            f = frames[name]
+            return None if f is None else f.iloc[np.flatnonzero(where[name] == k)]
+
+        plans.append(
+            _plan(
+                cust_frame.iloc[np.flatnonzero(parts == k)].reset_index(drop=True),
+                mine("assignment"),
+                mine("triggers"),
+                camps,
+                as_of,
+                end,
+                mine("email_events"),
+                mine("features"),
+                mine("recommendations"),
+                **settings,
+                known=known,
+            )  # fmt: skip
+        )
+        log.info("send plan: part %d of %d done", k + 1, n_parts)
+    return _combine(plans, cust_frame["customer_id"].dtype)
+
+
+def _combine(plans: list[SendPlan], id_dtype: Any) -> SendPlan:
+    """One plan of the parts' plans (each part has its own customers).
+
+    The parts' frames are already finished (:func:`_finish`): they are put
+    together and sorted as one, each part's frames released as they go.
+    """
+    frames: dict[str, list[pd.DataFrame]] = {k: [] for k in _PARTS}
+    params = [p.params for p in plans]
+    while plans:
+        p = plans.pop(0)
+        for k, f in zip(_PARTS, _plan_frames(p), strict=True):
+            frames[k].append(f)
+        del p
+    sends = _merge_finished(frames.pop("sends"), SEND_COLUMNS, id_dtype)
+    sends["send_at_utc"] = pd.to_datetime(sends["send_at_utc"])
+    sends["triggered_at"] = pd.to_datetime(sends["triggered_at"])
+    by_id = ("customer_id",)
+    plan = SendPlan(
+        sends=sends,
+        holdouts=_merge_finished(frames.pop("holdouts"), HOLDOUT_COLUMNS, id_dtype),
+        exclusions=Exclusions(
+            rows=_merge_finished(frames.pop("rows"), EXCLUSION_COLUMNS, id_dtype),
+            suppressed=_merge_finished(
+                frames.pop("suppressed"), ("customer_id", "reason", "reasons"), id_dtype, by_id
+            ),
+        ),
+        global_control=_merge_finished(
+            frames.pop("global_control"), ("customer_id", "segment"), id_dtype, by_id
+        ),
+    )
+    return _combined_params(plan, params)
+
+
+_PARTS = ("sends", "holdouts", "rows", "suppressed", "global_control")
+
+
+def _plan_frames(p: SendPlan) -> tuple[pd.DataFrame, ...]:
+    return p.sends, p.holdouts, p.exclusions.rows, p.exclusions.suppressed, p.global_control
+
+
+def _merge_finished(
+    frames: list[pd.DataFrame],
+    columns: Sequence[str],
+    id_dtype: Any,
+    by: Sequence[str] = ("campaign_id", "customer_id"),
+) -> pd.DataFrame:
+    """:func:`_finish` of the row-bound frames, which are finished each."""
+    out = _concat(frames)
+    frames.clear()
+    if out is None:
+        return _finish(None, columns, id_dtype)
+    return out.take(_row_order(out, by)).reset_index(drop=True)
+
+
+def _combined_params(plan: SendPlan, parts: list[dict[str, Any]]) -> SendPlan:
+    """The parameters and counts of the whole plan from those of its parts."""
+    params = dict(parts[0])
+    for key in ("customers", "history_sent_events"):
+        params[key] = sum(int(p[key]) for p in parts)
+    supp = {r: sum(p["suppressed_customers"].get(r, 0) for p in parts)
+            for r in SUPPRESSION_REASONS}  # fmt: skip
+    params["suppressed_customers"] = {r: n for r, n in supp.items() if n}
+    params["rows"] = {
+        "sends": int(len(plan.sends)),
+        "holdouts": int(len(plan.holdouts)),
+        "exclusions": int(len(plan.exclusions.rows)),
+        "global_control": int(len(plan.global_control)),
+    }
+    params["exclusions_by_reason"] = plan.exclusions.by_reason()
+    plan.params = params
+    log.info(
+        "send plan: %d sends, %d held out, %d excluded (%d parts)",
+        len(plan.sends), len(plan.holdouts), len(plan.exclusions.rows), len(parts),
+    )  # fmt: skip
+    return plan
+
+
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
     """Row-bind frames with the same columns, column by column.
 
@@ -1878,9 +2168,13 @@ def _finish(
     out = frame.loc[:, list(columns)].copy()
     if "customer_id" in out.columns:
         out["customer_id"] = _restore_ids(out["customer_id"], id_dtype)
+    return out.iloc[_row_order(out, by)].reset_index(drop=True)
+
+
+def _row_order(out: pd.DataFrame, by: Sequence[str]) -> np.ndarray:
+    """Positions of the rows sorted by ``by`` (stable; mixed-type ids sort too)."""
     sort_frame = pd.DataFrame({f"_{i}": _sortable(out[b]).to_numpy() for i, b in enumerate(by)})
-    order = sort_frame.sort_values(list(sort_frame.columns), kind="mergesort").index.to_numpy()
-    return out.iloc[order].reset_index(drop=True)
+    return sort_frame.sort_values(list(sort_frame.columns), kind="mergesort").index.to_numpy()
 
 
 def _restore_ids(s: pd.Series, id_dtype: Any) -> pd.Series:

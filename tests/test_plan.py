@@ -978,3 +978,171 @@ def test_left_join_is_the_merge() -> None:
         pd.testing.assert_frame_equal(
             _left_join(left, right), left.merge(right, on="_key", how="left"), check_exact=True
         )
+
+
+# --------------------------------------------------------------------------- scale
+
+
+def _base_for_parts(n: int = 1200, seed: int = 3) -> dict[str, Any]:
+    """A base where parts must not change anything: shared addresses (written
+    differently), opted-out addresses shared with subscribers, sends in the cap
+    window, triggers and segments of unknown customers, recommendations."""
+    rng = np.random.default_rng(seed)
+    ids = rng.permutation(np.arange(10, 10 + 3 * n, 3))[:n]  # unordered, gaps
+    email = [f"c{i}@example.com" for i in ids]
+    for i in rng.choice(n, n // 5, replace=False):  # a fifth share someone's address
+        j = int(rng.integers(n))
+        email[i] = f"  {email[j].upper()} " if i % 2 else email[j]
+    status = rng.choice(["subscribed"] * 8 + ["unsubscribed", "bounced"], n)
+    cust = pd.DataFrame(
+        {
+            "customer_id": ids,
+            "email": email,
+            "email_status": status,
+            "email_consent": rng.random(n) < 0.95,
+            "timezone": rng.choice(["Europe/Berlin", "America/New_York", None], n),
+        }
+    )
+    unknown = np.array([7, 8])  # in the assignment and triggers, not a customer
+    all_ids = np.concatenate([ids, unknown])
+    seg = rng.choice(["Champions", "At Risk", "Loyal"], len(all_ids))
+    assign = pd.DataFrame(
+        {"segment": seg, "in_loyal": seg == "Loyal"},
+        index=pd.Index(all_ids, name="customer_id"),
+    )
+    k = n // 2
+    trig_ids = np.concatenate([rng.choice(ids, k), unknown])
+    triggers = pd.DataFrame(
+        {
+            "customer_id": trig_ids.astype(float),  # ids as floats match integer ids
+            "trigger": rng.choice(["cart_abandonment", "winback", "welcome"], len(trig_ids)),
+            "triggered_at": pd.Timestamp("2024-06-20")
+            + pd.to_timedelta(rng.integers(0, 10 * 24, len(trig_ids)), unit="h"),
+            "products": [[int(p)] for p in rng.integers(1, 50, len(trig_ids))],
+        }
+    )
+    features = pd.DataFrame(
+        {
+            "preferred_hour": rng.choice([np.nan, 8.0, 19.0, 23.0], n),
+            "send_timezone": "Europe/London",
+            "send_time_source": rng.choice(["own", "fallback"], n),
+        },
+        index=pd.Index(ids, name="customer_id"),
+    )
+    recs = pd.DataFrame(
+        {
+            "customer_id": np.repeat(ids[: n // 2], 3),
+            "rank": np.tile([1, 2, 3], n // 2),
+            "product_id": rng.integers(1, 99, 3 * (n // 2)),
+            "score": rng.random(3 * (n // 2)),
+        }
+    )
+    m = 2 * n  # sends in the cap window count towards the caps
+    history = pd.DataFrame(
+        {
+            "customer_id": rng.choice(ids, m),
+            "occurred_at": pd.Timestamp("2024-06-22")
+            + pd.to_timedelta(rng.integers(0, 9 * 24, m), unit="h"),
+            "event_type": rng.choice(["sent", "open"], m),
+        }
+    )
+    campaigns = load_campaigns(
+        {
+            "campaigns": [
+                camp("cart", audience={"triggers": ["cart_abandonment"]}, priority=9),
+                camp(
+                    "winback",
+                    audience={"triggers": ["winback"], "segments": ["At Risk"]},
+                    priority=5,
+                    variants={"A": 1, "B": 2},
+                ),  # fmt: skip
+                camp("loyal", audience={"segments": ["Loyal"]}, priority=5, holdout_share=0.3),
+                camp("news", audience={"all": True}, send_date="2024-07-02"),
+                camp("news2", audience={"all": True}, priority=1),
+            ]
+        }
+    )
+    return {
+        "customers": cust, "assignment": assign, "triggers": triggers,
+        "campaigns": campaigns, "features": features, "recommendations": recs,
+        "email_events": history,
+    }  # fmt: skip
+
+
+def _plan_of(base: dict[str, Any], **kw: Any) -> Any:
+    return build_plan(
+        base["customers"], base["assignment"], base["triggers"], base["campaigns"], AS_OF,
+        email_events=base["email_events"], features=base["features"],
+        recommendations=base["recommendations"], forgotten=None, global_control_share=0.05,
+        frequency_cap=2, suppression=[base["customers"]["customer_id"].iloc[0]], **kw,
+    )  # fmt: skip
+
+
+def test_plan_in_parts_equals_one_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bmkt.plan as plan_module
+
+    base = _base_for_parts()
+    whole = _plan_of(base)
+    calls = []
+    real = plan_module._plan
+
+    def counted(*a: Any, **kw: Any) -> Any:
+        calls.append(len(a[0]))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(plan_module, "PLAN_CHUNK", 300)
+    monkeypatch.setattr(plan_module, "_plan", counted)
+    parts = _plan_of(base)
+    assert len(calls) == 4 and sum(calls) == len(base["customers"])  # 4 parts of the base
+    # what the parts must get right: per-address caps across customers, shared-address
+    # opt-outs, unknown audience members, global control
+    reasons = whole.exclusions.by_reason()
+    for r in ("daily_limit", "frequency_cap", "address_suppressed", "unknown_customer",
+              "global_control", "suppression_list"):  # fmt: skip
+        assert reasons.get(r, 0) > 0, r
+    assert len(whole.sends) > 300 and whole.sends["rec_1"].notna().any()
+    pd.testing.assert_frame_equal(parts.sends, whole.sends)
+    pd.testing.assert_frame_equal(parts.holdouts, whole.holdouts)
+    pd.testing.assert_frame_equal(parts.exclusions.rows, whole.exclusions.rows)
+    pd.testing.assert_frame_equal(parts.exclusions.suppressed, whole.exclusions.suppressed)
+    pd.testing.assert_frame_equal(parts.global_control, whole.global_control)
+    assert parts.params == whole.params
+
+
+def test_plan_ranking_the_whole_audience_stays_in_one_part(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import bmkt.plan as plan_module
+
+    base = _base_for_parts(400)
+    base["features"]["uplift"] = np.linspace(-1, 1, len(base["features"]))
+    base["campaigns"] = load_campaigns(
+        {"campaigns": [camp("top", audience={"all": True}, uplift_top_share=0.25)]}
+    )
+    whole = _plan_of(base)
+    monkeypatch.setattr(plan_module, "PLAN_CHUNK", 100)
+    parts = _plan_of(base)
+    # the top quarter of the whole eligible audience, not of each part
+    pd.testing.assert_frame_equal(parts.sends, whole.sends)
+    assert whole.exclusions.by_reason()["uplift_below_top"] > 0
+
+
+def test_plan_in_parts_reads_a_store_history_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bmkt.plan as plan_module
+    from tests.test_validate import make_store
+
+    store = open_store(make_store())
+
+    def run() -> Any:
+        return build_plan(
+            store, assignment([1, 2, 3]), None, [camp()], "2024-03-02", frequency_cap=1,
+            forgotten=None,
+        )  # fmt: skip
+
+    whole = run()
+    monkeypatch.setattr(plan_module, "PLAN_CHUNK", 1)
+    parts = run()
+    # customer 1 was sent on 2024-03-01 (cap 1): the history reaches its part
+    assert parts.exclusions.rows.set_index("customer_id")["reason"].to_dict()[1] == "frequency_cap"
+    pd.testing.assert_frame_equal(parts.exclusions.rows, whole.exclusions.rows)
+    assert parts.params == whole.params and parts.params["history_sent_events"] == 1
