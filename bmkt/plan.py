@@ -994,14 +994,7 @@ def _prepare_customers(
             sorted(cust.loc[dup, "customer_id"].unique().tolist())[:5],
         )
     # address checks on the text as given (non-text is no address); one pass per value
-    present_l, valid_l, addr_l = [], [], []
-    match = _EMAIL_RE.match
-    for v in cust["email"].tolist():
-        stripped = v.strip() if isinstance(v, str) else ""
-        ok = bool(stripped) and match(v) is not None and not v.startswith(FORMULA_PREFIXES)
-        present_l.append(bool(stripped))
-        valid_l.append(ok)
-        addr_l.append(stripped.lower() if ok else None)
+    present_l, valid_l, addr_l = _addresses(cust["email"])
     present = pd.Series(present_l, index=cust.index, dtype=bool)
     valid = pd.Series(valid_l, index=cust.index, dtype=bool)
     addr = pd.Series(addr_l, index=cust.index, dtype=object)
@@ -1029,6 +1022,23 @@ def _prepare_customers(
     cust["_addr"] = addr.to_numpy()
     cust["reason"], cust["reasons"] = _reason_columns(masks, len(cust))
     return cust
+
+
+def _addresses(email: pd.Series) -> tuple[list[bool], list[bool], list[str | None]]:
+    """Per value: present (non-blank text), valid, and the address (stripped, lower case).
+
+    The address is None unless valid; arbitration and shared-address
+    suppression read it.
+    """
+    present_l, valid_l, addr_l = [], [], []
+    match = _EMAIL_RE.match
+    for v in email.tolist():
+        stripped = v.strip() if isinstance(v, str) else ""
+        ok = bool(stripped) and match(v) is not None and not v.startswith(FORMULA_PREFIXES)
+        present_l.append(bool(stripped))
+        valid_l.append(ok)
+        addr_l.append(stripped.lower() if ok else None)
+    return present_l, valid_l, addr_l
 
 
 def _reason_columns(masks: Mapping[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1601,14 +1611,14 @@ def build_plan(
         "customers",
         ["customer_id", "email", "email_status", "email_consent", "timezone"],
     )
-    settings = {
-        "suppression": suppression,
+    settings = {  # lists and files are read once, whatever the number of parts
+        "suppression": _suppression_entries(suppression),
         "global_control_share": global_control_share,
         "max_per_day": max_per_day,
         "frequency_cap": frequency_cap,
         "cap_days": cap_days,
         "salt": salt,
-        "forgotten": forgotten,
+        "forgotten": _forgotten_keys(forgotten),
     }
     n_parts = -(-len(cust_frame) // PLAN_CHUNK)
     if n_parts > 1 and _can_split(cust_frame, camps):
@@ -1632,24 +1642,26 @@ def _plan(
     email_events: Any,
     features: pd.DataFrame | None,
     recommendations: pd.DataFrame | None,
-    suppression: Iterable[Any] | str | os.PathLike[str] | None,
+    suppression: tuple[set[str], set[str], str | None],
     global_control_share: float,
     max_per_day: int,
     frequency_cap: int,
     cap_days: int,
     salt: str,
-    forgotten: str | os.PathLike[str] | None,
+    forgotten: tuple[set[str], str | None],
     known: tuple[set[str], set[str]] | None = None,
 ) -> SendPlan:
     """:func:`build_plan` on a customers frame and the enabled campaigns.
 
     ``known`` (segment names and ``in_`` slugs) overrides what the given
     assignment defines: a part of the customers (:func:`_plan_in_parts`) is
-    checked against the segments of the whole assignment.
+    checked against the segments of the whole assignment. ``suppression`` and
+    ``forgotten`` are the entries :func:`_suppression_entries` and
+    :func:`_forgotten_keys` read.
     """
     default_day = end.normalize()
-    supp_ids, supp_addr, supp_source = _suppression_entries(suppression)
-    forgotten_keys, forgotten_source = _forgotten_keys(forgotten)
+    supp_ids, supp_addr, supp_source = suppression  # read by _suppression_entries
+    forgotten_keys, forgotten_source = forgotten  # read by _forgotten_keys
     if cust_frame["customer_id"].dtype.kind in "iuf":  # integer ids: "0042", "42.0" are 42
         supp_ids = {integer_key(k) for k in supp_ids}
         forgotten_keys = {integer_key(k) for k in forgotten_keys}
@@ -1931,17 +1943,17 @@ def _can_split(cust: pd.DataFrame, camps: list[Campaign]) -> bool:
 def _address_parts(cust: pd.DataFrame, n_parts: int) -> np.ndarray:
     """The part of each customer: a hash of the address as arbitration reads it.
 
-    Customers with the same address (stripped, lower case) land in the same
-    part, so the daily limit and the frequency cap, which count per address,
-    see all of an address's candidates; customers without a text address
-    (suppressed anyway) are spread by id.
+    Customers with the same address (as :func:`_prepare_customers` reads
+    it) land in the same part, so the daily limit, the frequency cap and
+    shared-address suppression, which go by address, see all of an
+    address's customers; customers without a valid address (suppressed
+    anyway) are spread by id.
     """
-    email = cust["email"].astype(object)
-    text = email.str.strip().str.lower()
-    is_text = text.notna().to_numpy()
+    addr = np.asarray(_addresses(cust["email"])[2], dtype=object)
+    valid = pd.notna(addr)
     h = pd.util.hash_array(cust["customer_id"].to_numpy())
-    if is_text.any():
-        h[is_text] = pd.util.hash_array(text[is_text].to_numpy(dtype=object))
+    if valid.any():
+        h[valid] = pd.util.hash_array(addr[valid])
     return (h % np.uint64(n_parts)).astype(np.int64)
 
 
@@ -2008,29 +2020,34 @@ def _plan_in_parts(
         ("recommendations", recommendations),
     ):
         frames[name] = None if data is None else _to_frame(data, name)
+    # what the one-part plan checks, checked on the whole frames (whole counts, early)
+    if frames["triggers"] is not None:
+        _require(frames["triggers"], "triggers", ("customer_id", "trigger", "triggered_at"))
+    if frames["recommendations"] is not None:
+        _require(frames["recommendations"], "recommendations", ("customer_id", "product_id"))
     for name, used in _READ.items():  # only what the plan reads is split
         f = frames[name]
         if f is not None:
             frames[name] = f[[c for c in f.columns if c in used]]
     known = None
     if frames["assignment"] is not None:
-        a = frames["assignment"]
-        _require(a.set_index("customer_id") if "customer_id" in a.columns else a, "assignment",
-                 ("segment",))  # fmt: skip
-        known = _segment_info(a)
-    if frames["triggers"] is not None:
-        _require(frames["triggers"], "triggers", ("customer_id",))
-    if frames["recommendations"] is not None:
-        _require(frames["recommendations"], "recommendations", ("customer_id",))
+        known = _segment_info(_prepare_assignment(frames["assignment"]))
+    if frames["features"] is not None:
+        _features_frame(frames["features"])  # duplicated ids
+    if frames["triggers"] is not None:  # text times parsed as one column, not per part
+        frames["triggers"]["triggered_at"] = _naive_utc(frames["triggers"]["triggered_at"])
     cols = ["customer_id", "occurred_at", "event_type"]
+    start = end - pd.Timedelta(days=int(settings["cap_days"]))
     if isinstance(email_events, Table):  # the sent events of the cap window, read once
-        start = end - pd.Timedelta(days=int(settings["cap_days"]))
         t = email_events
         t = t.filter((t.event_type == "sent") & (t.occurred_at >= start) & (t.occurred_at < end))
         frames["email_events"] = t.select(cols).to_pandas()
     elif email_events is not None:
-        frames["email_events"] = _to_frame(email_events, "email_events")
-        _require(frames["email_events"], "email_events", cols)
+        ev = _to_frame(email_events, "email_events")
+        _require(ev, "email_events", cols)
+        ev = ev.loc[ev["event_type"] == "sent", cols].copy()
+        ev["occurred_at"] = _naive_utc(ev["occurred_at"])
+        frames["email_events"] = ev[(ev["occurred_at"] >= start) & (ev["occurred_at"] < end)]
     else:
         frames["email_events"] = None
     where = {
@@ -2059,6 +2076,9 @@ def _plan_in_parts(
             )  # fmt: skip
         )
         log.info("send plan: part %d of %d done", k + 1, n_parts)
+    frames.clear()  # the split inputs are not needed while the parts are put together
+    where.clear()
+    part_of._text = None
     return _combine(plans, cust_frame["customer_id"].dtype)
 
 

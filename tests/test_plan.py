@@ -993,6 +993,8 @@ def _base_for_parts(n: int = 1200, seed: int = 3) -> dict[str, Any]:
     for i in rng.choice(n, n // 5, replace=False):  # a fifth share someone's address
         j = int(rng.integers(n))
         email[i] = f"  {email[j].upper()} " if i % 2 else email[j]
+    for i in rng.choice(n, 20, replace=False):  # no address, or not a valid one
+        email[i] = [None, "", "n/a", "=cmd@x.org"][i % 4]
     status = rng.choice(["subscribed"] * 8 + ["unsubscribed", "bounced"], n)
     cust = pd.DataFrame(
         {
@@ -1041,8 +1043,9 @@ def _base_for_parts(n: int = 1200, seed: int = 3) -> dict[str, Any]:
     history = pd.DataFrame(
         {
             "customer_id": rng.choice(ids, m),
-            "occurred_at": pd.Timestamp("2024-06-22")
-            + pd.to_timedelta(rng.integers(0, 9 * 24, m), unit="h"),
+            "occurred_at": (  # as text, as a CSV export has it
+                pd.Timestamp("2024-06-22") + pd.to_timedelta(rng.integers(0, 9 * 24, m), unit="h")
+            ).strftime("%Y-%m-%d %H:%M:%S"),
             "event_type": rng.choice(["sent", "open"], m),
         }
     )
@@ -1074,7 +1077,8 @@ def _plan_of(base: dict[str, Any], **kw: Any) -> Any:
         base["customers"], base["assignment"], base["triggers"], base["campaigns"], AS_OF,
         email_events=base["email_events"], features=base["features"],
         recommendations=base["recommendations"], forgotten=None, global_control_share=0.05,
-        frequency_cap=2, suppression=[base["customers"]["customer_id"].iloc[0]], **kw,
+        frequency_cap=2, suppression=(i for i in base["customers"]["customer_id"].iloc[:50]),
+        **kw,
     )  # fmt: skip
 
 
@@ -1101,12 +1105,30 @@ def test_plan_in_parts_equals_one_part(monkeypatch: pytest.MonkeyPatch) -> None:
               "global_control", "suppression_list"):  # fmt: skip
         assert reasons.get(r, 0) > 0, r
     assert len(whole.sends) > 300 and whole.sends["rec_1"].notna().any()
-    pd.testing.assert_frame_equal(parts.sends, whole.sends)
-    pd.testing.assert_frame_equal(parts.holdouts, whole.holdouts)
-    pd.testing.assert_frame_equal(parts.exclusions.rows, whole.exclusions.rows)
-    pd.testing.assert_frame_equal(parts.exclusions.suppressed, whole.exclusions.suppressed)
-    pd.testing.assert_frame_equal(parts.global_control, whole.global_control)
+    eq = pd.testing.assert_frame_equal
+    eq(parts.sends, whole.sends, check_exact=True)
+    eq(parts.holdouts, whole.holdouts, check_exact=True)
+    eq(parts.exclusions.rows, whole.exclusions.rows, check_exact=True)
+    eq(parts.exclusions.suppressed, whole.exclusions.suppressed, check_exact=True)
+    eq(parts.global_control, whole.global_control, check_exact=True)
     assert parts.params == whole.params
+    # a suppression list given as a generator is read once, for every part
+    assert parts.params["suppression_list"]["ids"] == 50
+    assert not parts.sends["customer_id"].isin(base["customers"]["customer_id"].iloc[:50]).any()
+
+
+def test_plan_in_parts_reports_bad_input_as_one_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bmkt.plan as plan_module
+
+    base = _base_for_parts(600)
+    feats = base["features"]
+    base["features"] = pd.concat([feats, feats.iloc[-40:]])  # 40 ids twice, in any part
+    with pytest.raises(DataError) as one:
+        _plan_of(base)
+    monkeypatch.setattr(plan_module, "PLAN_CHUNK", 100)
+    with pytest.raises(DataError) as parts:
+        _plan_of(base)
+    assert str(parts.value) == str(one.value) and "80 rows" in str(one.value)
 
 
 def test_plan_ranking_the_whole_audience_stays_in_one_part(
