@@ -2050,9 +2050,7 @@ def _plan_in_parts(
         frames["email_events"] = ev[(ev["occurred_at"] >= start) & (ev["occurred_at"] < end)]
     else:
         frames["email_events"] = None
-    where = {
-        name: None if f is None else part_of(_ids_of(f)) for name, f in frames.items()
-    }  # fmt: skip
+    where = {name: None if f is None else part_of(_ids_of(f)) for name, f in frames.items()}
     plans = []
     for k in range(n_parts):
 
@@ -2073,7 +2071,7 @@ def _plan_in_parts(
                 mine("recommendations"),
                 **settings,
                 known=known,
-            )  # fmt: skip
+            )
         )
         log.info("send plan: part %d of %d done", k + 1, n_parts)
     frames.clear()  # the split inputs are not needed while the parts are put together
