@@ -78,6 +78,8 @@ class Store:
     source: str
     files: dict[str, Path] = field(default_factory=dict)
     _conformed: dict[str, Table] = field(default_factory=dict, repr=False)
+    #: Facts computed from the tables (e.g. the latest event), keyed by what they read.
+    _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def __contains__(self, name: object) -> bool:
         return name in self.raw_tables

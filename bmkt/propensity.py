@@ -328,18 +328,27 @@ def lift_table(y: Any, score: Any, n_bins: int = 10) -> pd.DataFrame:
 
 
 def data_end(store: Store) -> pd.Timestamp | None:
-    """The latest timestamp of any order, web or email event (None for an empty store)."""
-    latest = []
-    for table, col in (
+    """The latest timestamp of any order, web or email event (None for an empty store).
+
+    Computed once per store and set of tables (a scan of every event; each
+    model fitted in a run checks its label window against it).
+    """
+    columns = (
         ("orders", "ordered_at"),
         ("web_events", "occurred_at"),
         ("email_events", "occurred_at"),
-    ):
-        t = store.table(table)
+    )
+    tables = [store.table(name) for name, _ in columns]
+    key = ("data_end", *(t.op() for t in tables))
+    if key in store._memo:
+        return store._memo[key]
+    latest = []
+    for t, (_, col) in zip(tables, columns, strict=True):
         value = engine.to_pandas(t.aggregate(m=t[col].max()))["m"].iloc[0]
         if pd.notna(value):
             latest.append(pd.Timestamp(value))
-    return max(latest) if latest else None
+    store._memo[key] = out = max(latest) if latest else None
+    return out
 
 
 def purchases_between(store: Store, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
@@ -732,8 +741,10 @@ class OutcomeModel(BaseEstimator):
                 f"{type(self).__name__}: the model needs feature(s) {missing} that the "
                 "feature table lacks."
             )
+        # a frame of exactly the model's columns (bmkt.features' own) is not copied first
+        cols = X if list(X.columns) == self.features_ else X[self.features_]
         with _threads(getattr(self, "n_threads", None)):
-            return self.model_.predict_proba(X[self.features_].to_numpy(dtype="float64"))[:, 1]
+            return self.model_.predict_proba(cols.to_numpy(dtype="float64"))[:, 1]
 
     def _predict_end(
         self, store: Store, end: pd.Timestamp, features: pd.DataFrame | None = None

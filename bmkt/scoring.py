@@ -481,7 +481,7 @@ def _shared_features(
     Without ``score_everyone`` only the training cutoffs are built (everyone
     is then scored in chunks, :func:`_score_in_chunks`).
     """
-    from bmkt.features import build_features_at, build_features_before_many
+    from bmkt.features import _by_cutoff, build_features_at, build_features_before_many
 
     if len(table) <= TRAINING_CUSTOMERS:
         return build_features_before_many(
@@ -502,9 +502,4 @@ def _shared_features(
         "features for training on %s customers at %d cutoff(s)%s",
         f"{TRAINING_CUSTOMERS:,}", len(train_ends), f", and for everyone at {end}" * score_everyone,
     )  # fmt: skip
-    frames: dict[pd.Timestamp, pd.DataFrame] = {}
-    for cutoff, X in long.groupby("cutoff", sort=True):
-        X = X.drop(columns="cutoff").set_index("customer_id").sort_index()
-        X.attrs["cutoff"] = pd.Timestamp(cutoff).isoformat()
-        frames[pd.Timestamp(cutoff)] = X
-    return frames
+    return _by_cutoff(long)

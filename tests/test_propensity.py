@@ -227,3 +227,28 @@ def test_calibration_on_a_held_out_share_and_the_auto_switch(store, monkeypatch)
         store, "2024-04-30", features=shared[train]
     )
     assert auto.cv_ == 0.25
+
+
+def test_data_end_is_the_latest_event_and_is_read_once_per_store(tables, monkeypatch) -> None:
+    from bmkt import engine
+
+    latest = max(
+        tables["orders"]["ordered_at"].max(),
+        tables["web_events"]["occurred_at"].max(),
+        tables["email_events"]["occurred_at"].max(),
+    )
+    fresh = open_store(tables)
+    calls = []
+    real = engine.to_pandas
+    monkeypatch.setattr(engine, "to_pandas", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert propensity.data_end(fresh) == pd.Timestamp(latest)
+    assert len(calls) == 3  # one scan per event table
+    # each model fitted in a run checks its label window: the scans are not repeated
+    assert propensity.data_end(fresh) == pd.Timestamp(latest)
+    assert len(calls) == 3
+    # another store (here: without web events after the first half) is read afresh
+    cut = dict(tables, orders=tables["orders"][tables["orders"]["ordered_at"] < "2024-01-01"])
+    cut["web_events"] = tables["web_events"].iloc[:0]
+    cut["email_events"] = tables["email_events"].iloc[:0]
+    assert propensity.data_end(open_store(cut)) == cut["orders"]["ordered_at"].max()
+    assert len(calls) == 6
