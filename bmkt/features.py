@@ -323,8 +323,12 @@ def _feature_query(
     machine: dict,
     ids: tuple[int, int] | None = None,
     sparse: bool = False,
-) -> Table:
-    """The lazy Ibis expression of every feature for each ``(customer_id, cutoff)`` point.
+) -> list[Table]:
+    """The lazy Ibis expressions of every feature for each ``(customer_id, cutoff)`` point.
+
+    Four tables, each with one row per point ordered by ``cutoff`` then
+    ``customer_id`` and the features of one source (orders, web events,
+    email events, campaign responses), run as four queries.
 
     ``min_end`` and ``max_end`` bound the points' cutoffs: events are filtered
     to what some point can see before they are joined to the points. Written
@@ -469,9 +473,9 @@ def _feature_query(
     # adds at least that long before a cutoff are judged, so purchases before max_end do
     adds = recent.filter(recent.event_type == "add_to_cart")
     carts = adds.group_by("customer_id", "occurred_at").aggregate(n_adds=adds.count())
-    bought = carts.inner_join(
-        purchases, ["customer_id", carts.occurred_at <= purchases.purchased_at]
-    )
+    # (the carts are recent, so are the purchases after them: the join reads only those)
+    later = purchases.filter(purchases.purchased_at >= min_end - pd.Timedelta(days=_RECENT_DAYS))
+    bought = carts.inner_join(later, ["customer_id", carts.occurred_at <= later.purchased_at])
     bought = bought.filter(
         _us(bought.purchased_at, bought.occurred_at) < int(ABANDON_HOURS * _US_PER_HOUR)
     )
@@ -505,28 +509,50 @@ def _feature_query(
     labelled = mine(labelled)
     cand = labelled.filter(labelled.is_fast & labelled.machine_open.fill_null(True))
     cand = cand.inner_join(emails, ekeys)  # a fast open needs a delivery (as in engagement)
-    fast = cand.group_by(ekeys).aggregate(first_fast_at=cand.occurred_at.min())
+    # per email with a fast open: the first such open and the email's delivery
+    fast = cand.group_by(ekeys).aggregate(
+        first_fast_at=cand.occurred_at.min(), delivered_at=cand.delivered_at.min()
+    )
     clicks = ev.filter(ev.event_type == "click").select(*ekeys, click_at=ev.occurred_at)
     fc = fast.inner_join(clicks, ekeys)
     gap = _days(fc.click_at, fc.first_fast_at) * 86_400.0
     fc = fc.filter((gap >= 0) & (gap <= float(machine["click_window_seconds"])))
-    fast_click = fc.group_by(ekeys).aggregate(fast_click_at=fc.click_at.min())
-    em = emails.left_join(fast, ekeys).select(emails, fast.first_fast_at)
-    em = em.left_join(fast_click, ekeys).select(em, fast_click.fast_click_at)
+    fast_click = fc.group_by(ekeys).aggregate(
+        fast_click_at=fc.click_at.min(), delivered_at=fc.delivered_at.min()
+    )
     camps = store.table("campaigns").select("campaign_id", "sent_at")
     win = ibis.interval(seconds=int(RESPONSE_WINDOW_DAYS * 86_400))
-    em = em.left_join(camps, "campaign_id").select(em, camps.sent_at)
+    em = emails.left_join(camps, "campaign_id").select(emails, camps.sent_at)
 
+    # counted per point apart (the emails delivered before the cutoff; of those, the
+    # ones with a fast open, and with a fast click, before it), not joined per email
+    # first: that join of every delivered email held two hash tables of all of them
     e = P.inner_join(em, "customer_id")
     e = e.filter(e.delivered_at < e.cutoff)
-    email_agg = e.group_by(_KEYS).aggregate(
+    delivered_agg = e.group_by(_KEYS).aggregate(
         n_delivered=e.count(),
         delivered_30d=_count(_within(e.cutoff, e.delivered_at, 30)),
         delivered_90d=_count(_within(e.cutoff, e.delivered_at, 90)),
-        n_fast_open_emails=_count(e.first_fast_at < e.cutoff),
-        n_fast_clicked=_count(e.fast_click_at < e.cutoff),
         # delivered emails of the campaigns that count for the response rates (below)
         n_mailed_eligible=_count((e.sent_at >= e.created_at) & (e.sent_at < e.cutoff - win)),
+    )
+    f = K.inner_join(fast, "customer_id")
+    f = f.filter((f.delivered_at < f.cutoff) & (f.first_fast_at < f.cutoff))
+    fast_agg = f.group_by(_KEYS).aggregate(n_fast_open_emails=f.count())
+    g = K.inner_join(fast_click, "customer_id")
+    g = g.filter((g.delivered_at < g.cutoff) & (g.fast_click_at < g.cutoff))
+    fast_click_agg = g.group_by(_KEYS).aggregate(n_fast_clicked=g.count())
+    d = delivered_agg
+    email_agg = d.left_join(fast_agg, _KEYS).left_join(fast_click_agg, _KEYS)
+    email_agg = email_agg.select(
+        d.customer_id,
+        d.cutoff,
+        d.n_delivered,
+        d.delivered_30d,
+        d.delivered_90d,
+        n_fast_open_emails=fast_agg.n_fast_open_emails.fill_null(0),
+        n_fast_clicked=fast_click_agg.n_fast_clicked.fill_null(0),
+        n_mailed_eligible=d.n_mailed_eligible,
     )
     share = email_agg.n_fast_open_emails.cast(dt.float64) / email_agg.n_delivered
     email_agg = email_agg.mutate(
@@ -659,31 +685,43 @@ def _feature_query(
         days_since_click=_days(click_agg.cutoff, click_agg.last_click_at),
     )
 
-    # ---- one row per point; counts filled in the engine (nothing happened = 0)
-    out = P.mutate(tenure_days=_days(P.cutoff, P.created_at)).drop("created_at")
-    aggs = (order_agg, days_agg, bought_agg, visit_agg, web_agg, viewed_agg, cart_agg,
-            email_agg, open_agg, click_agg, camp_agg, resp_agg)  # fmt: skip
-    for agg in aggs:
-        cols = [c for c in agg.columns if c not in _KEYS]
-        out = out.left_join(agg, _KEYS).select(out, *[agg[c] for c in cols])
-    last_a, last_b = out.last_recent_at, out.last_silent_at
-    last_visit = ibis.cases(
-        (last_a.isnull(), last_b),
-        (last_b.isnull(), last_a),
-        (last_a >= last_b, last_a),
-        else_=last_b,
+    # ---- one row per point; counts filled in the engine (nothing happened = 0). Four
+    # queries, one per source, each ordered by point: each needs a fraction of the memory
+    # of one query, which spilled to disk at a million points within the 4 GB default limit
+    base = P.mutate(tenure_days=_days(P.cutoff, P.created_at)).drop("created_at")
+    groups = (
+        (order_agg, days_agg, bought_agg),  # orders and order lines
+        (visit_agg, web_agg, viewed_agg, cart_agg),  # web events (carts: and orders)
+        (email_agg, open_agg, click_agg),  # email events
+        (camp_agg, resp_agg),  # campaign responses (orders and deliveries)
     )
-    out = out.mutate(days_since_last_visit=_days(out.cutoff, last_visit))
-    out = out.drop("last_recent_at", "last_silent_at")
-    schema = out.schema()
-    return out.select(
-        *_KEYS,
-        **{
-            c: out[c] if c in _NULL_AGGS else out[c].fill_null(_zero(t))
-            for c, t in schema.items()
-            if c not in _KEYS
-        },
-    )
+    parts = []
+    for k, aggs in enumerate(groups):
+        out = base if k == 0 else base.select(*_KEYS)
+        for agg in aggs:
+            cols = [c for c in agg.columns if c not in _KEYS]
+            out = out.left_join(agg, _KEYS).select(out, *[agg[c] for c in cols])
+        if "last_recent_at" in out.columns:
+            last_a, last_b = out.last_recent_at, out.last_silent_at
+            last_visit = ibis.cases(
+                (last_a.isnull(), last_b),
+                (last_b.isnull(), last_a),
+                (last_a >= last_b, last_a),
+                else_=last_b,
+            )
+            out = out.mutate(days_since_last_visit=_days(out.cutoff, last_visit))
+            out = out.drop("last_recent_at", "last_silent_at")
+        schema = out.schema()
+        out = out.select(
+            *_KEYS,
+            **{
+                c: out[c] if c in _NULL_AGGS else out[c].fill_null(_zero(t))
+                for c, t in schema.items()
+                if c not in _KEYS
+            },
+        )
+        parts.append(out.order_by(_KEYS))
+    return parts
 
 
 def _zero(t: dt.DataType) -> Any:
@@ -846,8 +884,15 @@ def _run(
         customer_id=pts.customer_id.cast(dt.int64), cutoff=pts.cutoff.cast(dt.Timestamp())
     )
     # through Arrow: per-point rows, numeric columns (faster than the generic conversion)
-    query = _feature_query(store, pts, min_end, max_end, machine, ids, sparse)
-    out = _finish(query.to_pyarrow())
+    parts = [
+        q.to_pyarrow() for q in _feature_query(store, pts, min_end, max_end, machine, ids, sparse)
+    ]
+    for part in parts[1:]:  # the same points in the same order (left joins onto the points)
+        for key in _KEYS:
+            if not part.column(key).equals(parts[0].column(key)):
+                raise RuntimeError(f"feature query parts differ in their points ({key})")
+    columns = {name: part.column(name) for part in parts for name in part.column_names}
+    out = _finish(pa.table(columns))
     log.info(
         "features for %d points (%d cutoffs) in %.2fs",
         len(out),
