@@ -106,6 +106,8 @@ __all__ = [
 
 #: An email counts as "followed by an order" when a purchase comes within this many days.
 RESPONSE_WINDOW_DAYS = 5.0
+#: Revenue sums are rounded to this many decimals (see :func:`_finish`).
+REVENUE_DECIMALS = 6
 #: Web events more than this many minutes apart belong to different sessions.
 SESSION_GAP_MINUTES = 30.0
 #: An add-to-cart without a purchase within this many hours is abandoned.
@@ -811,8 +813,10 @@ def _finish(raw: pa.Table) -> pd.DataFrame:
     c: dict[str, np.ndarray] = {}
     for name in _COUNTS:
         c[name] = column(name, 0).astype("int64", copy=False)
+    # revenue sums to a millionth: the engine adds in parallel, in no fixed order, and the
+    # last bits of a sum would differ from run to run -- and so would the models' trees
     for name in ("total_revenue", "revenue_last_90d", "revenue_prev_90d", "purchase_revenue"):
-        c[name] = column(name, 0.0).astype("float64", copy=False)
+        c[name] = np.round(column(name, 0.0).astype("float64", copy=False), REVENUE_DECIMALS)
     for name in ("is_proxy_user", "email_opted_out"):
         c[name] = column(name, False).astype("int64")
     for name in _NULL_AGGS:

@@ -515,3 +515,26 @@ def test_features_read_the_opens_labelled_once_for_a_shared_block(sim_store, mon
     # outside the block (or at another as_of) the labels are computed as usual
     with pytest.raises(AssertionError, match="labelled again"):
         build_features(sim_store, AS_OF)
+
+
+def test_revenue_sums_do_not_depend_on_the_order_of_addition() -> None:
+    # 0.1 + 0.2 + 0.3 is 0.6000000000000001 added left to right and 0.6 right to left: the
+    # engine adds in parallel in no fixed order, so unrounded sums (and the models' trees
+    # split on them) could change from run to run
+    tables = hand_tables()
+    orders = tables["orders"]
+    extra = pd.DataFrame(
+        {
+            "order_id": [21, 22, 23],
+            "customer_id": 2,
+            "ordered_at": pd.to_datetime(["2024-06-01", "2024-06-02", "2024-06-03"]),
+            "revenue": [0.1, 0.2, 0.3],
+            "discount": 0.0,
+        }
+    )
+    tables["orders"] = pd.concat([orders, extra], ignore_index=True)
+    X = build_features_before(tables, END)
+    for col in ("total_revenue", "revenue_last_90d"):
+        assert X.loc[2, col] == 0.6, col  # exactly: not 0.6000000000000001
+    assert X.loc[2, "monetary"] == pytest.approx(0.2)
+    assert X.loc[2, "revenue_prev_90d"] == 0.0
