@@ -168,15 +168,18 @@ def default_classifier(random_state: int | None = 0) -> HistGradientBoostingClas
 
     Small leaves and early stopping on a 10% validation split keep it from
     memorising a few thousand customers; missing values are routed natively.
-    At most 200 trees at scikit-learn's default learning rate (0.1): scoring a
-    million customers costs one pass per tree, and 300 trees at half the rate
-    (the earlier default) ranked no better in backtests on a simulated store
-    of 200,000 customers (ROC AUC 0.956 for churn, 0.961 for purchase, both
-    ways) while fitting and scoring took about twice as long.
+    At most 100 trees at learning rate 0.2: scoring a million customers costs
+    one pass per tree. On the 1M-customer benchmark store (200,000 training
+    rows, 150,000 held-out customers) it ranks and calibrates as well as 200
+    trees at 0.1 (the earlier default: churn ROC AUC 0.9569 vs 0.9571, log
+    loss 0.2562 vs 0.2559; purchase 0.9624 vs 0.9625, 0.1967 vs 0.1968) in
+    half the time to fit and to score (churn 2.6 s vs 5.0 s to fit, 3.2 s vs
+    5.6 s to score a million); 300 trees at 0.05 (the default before) ranked
+    no better either.
     """
     return HistGradientBoostingClassifier(
-        learning_rate=0.1,
-        max_iter=200,
+        learning_rate=0.2,
+        max_iter=100,
         max_leaf_nodes=15,
         min_samples_leaf=40,
         l2_regularization=1.0,
