@@ -12,9 +12,34 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 RESOURCES_DIR = PACKAGE_DIR / "resources"
 
-#: Project root: the folder holding ``data/`` and ``reports/`` (the current
-#: working directory unless ``BMKT_HOME`` says otherwise).
-PROJECT_DIR = Path(os.environ.get("BMKT_HOME", os.getcwd())).resolve()
+#: What marks a project root, besides its ``notebooks/`` folder (one of these).
+PROJECT_MARKERS = ("data", "reports", "pyproject.toml", "environment.yml")
+
+
+def find_project_dir(start: str | os.PathLike[str]) -> Path:
+    """The project root for a process started in ``start``.
+
+    The nearest of ``start`` and its parents that holds a ``notebooks/``
+    folder and one of :data:`PROJECT_MARKERS` (as git finds its repository
+    from a subfolder), so ``bmkt pipeline`` run from ``notebooks/`` or
+    ``reports/`` works on the project it sits in; ``start`` itself when no
+    folder up the tree looks like a project.
+    """
+    here = Path(start).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "notebooks").is_dir() and any((folder / m).exists() for m in PROJECT_MARKERS):
+            return folder
+    return here
+
+
+#: Project root: the folder holding ``notebooks/``, ``data/`` and ``reports/``:
+#: ``BMKT_HOME`` when set, else found from the working directory upwards
+#: (:func:`find_project_dir`).
+PROJECT_DIR = (
+    Path(os.environ["BMKT_HOME"]).resolve()
+    if os.environ.get("BMKT_HOME")
+    else find_project_dir(os.getcwd())
+)
 DATA_DIR = Path(os.environ.get("BMKT_DATA_DIR", PROJECT_DIR / "data"))
 REPORTS_DIR = Path(os.environ.get("BMKT_REPORTS_DIR", PROJECT_DIR / "reports"))
 NOTEBOOKS_DIR = Path(os.environ.get("BMKT_NOTEBOOKS_DIR", PROJECT_DIR / "notebooks"))

@@ -98,3 +98,36 @@ def test_simulate_small_and_in_blocks(tmp_path: Path) -> None:
     assert len(list((tmp_path / "b" / "orders").glob("part-*.parquet"))) == 3
     truth = pd.read_parquet(tmp_path / "b" / "truth")
     assert truth["customer_id"].tolist() == list(range(1, 301))
+
+
+def test_project_root_is_found_from_a_subfolder(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from bmkt.config import find_project_dir
+
+    project = tmp_path / "shop"
+    (project / "notebooks").mkdir(parents=True)
+    (project / "reports" / "run-1").mkdir(parents=True)
+    deep = project / "reports" / "run-1"
+    assert find_project_dir(deep) == project.resolve()
+    assert find_project_dir(project / "notebooks") == project.resolve()
+    # a folder with notebooks/ but nothing else of a project is not taken for one
+    lone = tmp_path / "other" / "notebooks"
+    lone.mkdir(parents=True)
+    assert find_project_dir(lone.parent) == lone.parent.resolve()
+    assert find_project_dir(tmp_path) == tmp_path.resolve()
+    # the paths a process started in a subfolder uses (what `bmkt pipeline` reads), and
+    # BMKT_HOME still wins
+    code = "import bmkt.config as c; print(c.PROJECT_DIR); print(c.NOTEBOOKS_DIR)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BMKT_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=deep, env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [str(project.resolve()), str(project.resolve() / "notebooks")]
+    env["BMKT_HOME"] = str(lone.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=deep, env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0] == str(lone.parent.resolve())
