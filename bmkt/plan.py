@@ -1128,8 +1128,15 @@ def _lexsort(keys: list[np.ndarray]) -> np.ndarray:
     return np.lexsort(keys)
 
 
+#: The send list's personalised-content columns (product ids, best first).
+REC_COLUMNS = ("rec_1", "rec_2", "rec_3")
+
+
 def _recommendation_columns(recommendations: pd.DataFrame | None) -> pd.DataFrame:
-    empty = pd.DataFrame(columns=["_key", "rec_1", "rec_2", "rec_3"])
+    # as below (pivot + reindex): a column nobody fills is float NaN, also with no rows
+    empty = pd.DataFrame(
+        {"_key": pd.Series(dtype=object), **{c: pd.Series(dtype="float64") for c in REC_COLUMNS}}
+    )
     if recommendations is None:
         return empty
     rec = _to_frame(recommendations, "recommendations")
@@ -1178,7 +1185,7 @@ def _recommendation_columns(recommendations: pd.DataFrame | None) -> pd.DataFram
     by_order[product_order] = np.arange(len(product_text))
     text = product_text[by_order[p]]
     wide = {"_key": key_text[listed]}
-    for i, col in enumerate(("rec_1", "rec_2", "rec_3")):
+    for i, col in enumerate(REC_COLUMNS):
         at = n == i
         if at.any():
             values = np.full(len(listed), np.nan, dtype=object)

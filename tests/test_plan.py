@@ -1168,3 +1168,29 @@ def test_plan_in_parts_reads_a_store_history_once(monkeypatch: pytest.MonkeyPatc
     assert parts.exclusions.rows.set_index("customer_id")["reason"].to_dict()[1] == "frequency_cap"
     pd.testing.assert_frame_equal(parts.exclusions.rows, whole.exclusions.rows)
     assert parts.params == whole.params and parts.params["history_sent_events"] == 1
+
+
+def test_plan_in_parts_keeps_recommendation_columns_as_one_part(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import bmkt.plan as plan_module
+
+    base = _base_for_parts(600)
+    recs = base["recommendations"]
+    # recommendations for three customers who get a send, at most two each: most parts
+    # have no recommendation at all, and nobody has a third
+    sent = _plan_of(base).sends["customer_id"].drop_duplicates().iloc[:3]
+    few = recs[recs["customer_id"].isin(sent) & (recs["rank"] <= 2)]
+    base["recommendations"] = few
+    whole = _plan_of(base)
+    assert whole.sends["rec_1"].notna().sum() >= 3 and whole.sends["rec_3"].isna().all()
+    monkeypatch.setattr(plan_module, "PLAN_CHUNK", 100)
+    parts = _plan_of(base)
+    pd.testing.assert_frame_equal(parts.sends, whole.sends, check_exact=True)
+    # and with no recommendations at all: the columns are there, empty, of one dtype
+    base["recommendations"] = None
+    parts = _plan_of(base)
+    monkeypatch.setattr(plan_module, "PLAN_CHUNK", 10**9)
+    whole = _plan_of(base)
+    assert whole.sends["rec_1"].isna().all()
+    pd.testing.assert_frame_equal(parts.sends, whole.sends, check_exact=True)
