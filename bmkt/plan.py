@@ -133,6 +133,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -2217,7 +2218,8 @@ def _sortable(s: pd.Series) -> pd.Series:
     kind = pd.api.types.infer_dtype(s, skipna=False)
     if kind in ("string", "integer", "floating"):
         return s
-    return s.map(lambda v: f"0{float(v):+030.6f}" if _is_number(v) else f"1{v}")
+    # numbers exactly (ints past 2**53 and negatives included), then text
+    return s.map(lambda v: (0, Decimal(v), "") if _is_number(v) else (1, 0, str(v)))
 
 
 # --------------------------------------------------------------------------- preview

@@ -1194,3 +1194,18 @@ def test_plan_in_parts_keeps_recommendation_columns_as_one_part(
     whole = _plan_of(base)
     assert whole.sends["rec_1"].isna().all()
     pd.testing.assert_frame_equal(parts.sends, whole.sends, check_exact=True)
+
+
+def test_rows_with_mixed_text_and_large_integer_ids_sort_numbers_first_exactly() -> None:
+    # ids past 2**53 differ as integers but not as floats; text ids come after numbers
+    ids = [2**53 + 3, "b7", 2**53 + 1, -4, "a2", 2**53 + 2, 17]
+    cust = customers(len(ids))
+    cust["customer_id"] = pd.Series(ids, dtype=object)
+    cust["email_status"] = ["subscribed", "unsubscribed"] * 3 + ["subscribed"]
+    plan = plan_for(cust, [camp()])
+    expected = [-4, 17, 2**53 + 1, 2**53 + 2, 2**53 + 3, "a2", "b7"]
+    sent = list(plan.sends["customer_id"])
+    excluded = list(plan.exclusions.rows["customer_id"])
+    assert sorted(sent + excluded, key=expected.index) == expected
+    assert sent == [i for i in expected if i in sent] and len(sent) == 4
+    assert excluded == [i for i in expected if i in excluded] and len(excluded) == 3
