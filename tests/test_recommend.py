@@ -415,3 +415,24 @@ def test_recommend_for_many_customers_in_slices_gives_the_same_result(monkeypatc
     pd.testing.assert_frame_equal(sliced, whole)
     unknown = whole[whole["customer_id"] == 10**6]
     assert len(unknown) == 4 and (unknown["source"] == "popular").all()
+
+
+def test_threads_give_the_same_model_and_recommendations(monkeypatch) -> None:
+    """Co-views beside the histories, and chunks of customers, on threads: as in one."""
+    from bmkt import recommend
+
+    rng = np.random.default_rng(11)
+    store = random_store(rng, 80, 1)
+    ids = store["customers"]["customer_id"].to_numpy()
+    monkeypatch.setattr(recommend, "_CHUNK_ROWS", 9)  # many chunks of customers
+    monkeypatch.setattr(recommend, "_WORKERS", 1)
+    alone = ItemSimilarity(min_support=1).fit(store, "2024-01-10")
+    expected = alone.recommend(ids, n=3)
+    monkeypatch.setattr(recommend, "_WORKERS", 3)
+    threaded = ItemSimilarity(min_support=1).fit(store, "2024-01-10")
+    assert len(threaded.similar_items_) > 0 and threaded.similar_items_["co_views"].gt(0).any()
+    pd.testing.assert_frame_equal(threaded.similar_items_, alone.similar_items_)
+    pd.testing.assert_frame_equal(fitted_histories(threaded), fitted_histories(alone))
+    got = threaded.recommend(ids, n=3)
+    assert (got["source"] == "similar").sum() > 9  # rows from several chunks
+    pd.testing.assert_frame_equal(got, expected)
