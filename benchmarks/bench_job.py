@@ -24,7 +24,9 @@ publish         segment lists and send lists (CSV, sha256 manifests), atomically
 The baseline, in the same process on the same orders: plain ``lifetimes``
 for the part it covers (summary, BG/NBD fit, Gamma-Gamma fit, CLV), as
 ``bench_scoring.py`` does step by step. Peak RSS is the process's resident
-memory at its highest during the step (sampled every 5 ms).
+memory at its highest during the step (sampled every 5 ms); CPU s is the
+process's CPU time in the step (every thread), and cores that over the wall
+time (2.0 would keep both cores of the benchmark machine busy).
 
 Usage::
 
@@ -120,7 +122,9 @@ class _Steps(dict):
         rss = _rss_bytes() / 2**20
         print(
             f"[{time.strftime('%H:%M:%S')}] {name}: {t.seconds or 0:.1f} s, "
-            f"peak {t.peak_mib or 0:,.0f} MiB (now {rss:,.0f} MiB) {t.note}",
+            f"peak {t.peak_mib or 0:,.0f} MiB (now {rss:,.0f} MiB)"
+            + (f", CPU {t.cpu_seconds:.1f} s" if t.cpu_seconds else "")
+            + f" {t.note}",
             file=sys.stderr,
             flush=True,
         )
@@ -130,16 +134,21 @@ class _RSSTrace(_PeakRSS):
     """RSS samples with their times, for the peaks of the steps inside one call."""
 
     def _run(self) -> None:
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, int, float]] = []
         while not self._stop.is_set():
             rss = _rss_bytes()
-            self.samples.append((time.perf_counter(), rss))
+            self.samples.append((time.perf_counter(), rss, time.process_time()))
             self.peak = max(self.peak, rss)
             time.sleep(self.interval)
 
     def peak_between(self, start: float, end: float) -> float:
-        inside = [rss for t, rss in self.samples if start <= t <= end]
+        inside = [rss for t, rss, _ in self.samples if start <= t <= end]
         return float(max(inside)) if inside else float(self.peak)
+
+    def cpu_between(self, start: float, end: float) -> float | None:
+        """Process CPU seconds from the sample nearest ``start`` to the one nearest ``end``."""
+        inside = [cpu for t, _, cpu in self.samples if start <= t <= end]
+        return inside[-1] - inside[0] if len(inside) > 1 else None
 
 
 def _job(folder: Path, out: Path) -> tuple[dict[str, Timing], dict[str, int]]:
@@ -156,7 +165,11 @@ def _job(folder: Path, out: Path) -> tuple[dict[str, Timing], dict[str, int]]:
         scores = score_customers(store, AS_OF, churn=True)
     at = start  # score_customers times its own steps, back to back
     for name, seconds in scores.timings.items():
-        times[name] = Timing(seconds, trace.peak_between(at, at + seconds) / 2**20)
+        times[name] = Timing(
+            seconds,
+            trace.peak_between(at, at + seconds) / 2**20,
+            cpu_seconds=trace.cpu_between(at, at + seconds),
+        )
         at += seconds
     assignment, times["segments"] = _timed(lambda: RuleSet.default().assign(scores.table))
 
@@ -270,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(tempfile.mkdtemp(prefix="bmkt-bench-"))
     try:
         with _PeakRSS() as total_mem:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             times, counts = _job(folder, out)
-            total = time.perf_counter() - t0
+            total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         shutil.rmtree(out, ignore_errors=True)
     base = {} if args.no_baseline else _baseline(folder)
@@ -286,10 +299,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{counts['sends']:,} sends, {counts['holdouts']:,} holdouts; "
         f"{platform.python_version()}, {platform.machine()}"
     )
-    print(f"{'step':<28}{'bmkt s':>10}{'baseline s':>12}{'ratio':>8}{'peak MiB':>10}")
+    print(
+        f"{'step':<28}{'bmkt s':>10}{'baseline s':>12}{'ratio':>8}{'peak MiB':>10}"
+        f"{'CPU s':>9}{'cores':>7}"
+    )
     for name, t in times.items():
-        print(f"{name:<28}{t.seconds:>10.2f}{'':>12}{'':>8}{t.peak_mib:>10,.0f}")
-    print(f"{'TOTAL job':<28}{total:>10.2f}{'':>12}{'':>8}{total_mem.peak / 2**20:>10,.0f}")
+        cpu = f"{t.cpu_seconds:>9.1f}{t.cpu_seconds / t.seconds:>7.2f}" if t.cpu_seconds else ""
+        print(f"{name:<28}{t.seconds:>10.2f}{'':>12}{'':>8}{t.peak_mib:>10,.0f}{cpu}")
+    print(
+        f"{'TOTAL job':<28}{total:>10.2f}{'':>12}{'':>8}{total_mem.peak / 2**20:>10,.0f}"
+        f"{total_cpu:>9.1f}{total_cpu / total:>7.2f}"
+    )
     for name, t in base.items():
         secs = f"{t.seconds:.2f}" if t.seconds is not None else "-"
         print(f"{name:<28}{'':>10}{secs:>12}{'':>8}{t.peak_mib or 0:>10,.0f}  {t.note}")

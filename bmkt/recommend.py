@@ -412,6 +412,11 @@ def _co_view_counts(
     return _co_counts(_session_incidence(customers, days, products, n_products))
 
 
+#: Most events of a chunk whose co-views :meth:`ItemSimilarity.fit` counts beside its
+#: histories (larger chunks count them first: at 100M events, several GB apart).
+_OVERLAP_EVENTS = 60_000_000
+
+
 #: Customers scored at a time in :meth:`ItemSimilarity.recommend` (bounds memory).
 _CHUNK_ROWS = 65_536
 #: Customers whose seeds and exclusions :meth:`ItemSimilarity.recommend` lays out
@@ -692,14 +697,19 @@ class ItemSimilarity:
         part: dict[str, Any] = {}
         with ThreadPoolExecutor(max_workers=1) as pool:
             # the co-views in a second thread while this one lays out the histories:
-            # numpy's sorts and scipy's sparse kernels release the GIL (18 s -> 11 s at 1M)
+            # numpy's sorts and scipy's sparse kernels release the GIL (18 s -> 11 s at 1M);
+            # one after the other in a chunk larger than _OVERLAP_EVENTS (memory: both
+            # hold their temporaries at once)
             sessions = None
             if self.view_weight > 0:
                 view = ~bought
-                sessions = _submit(
-                    pool, _co_view_counts, rows[view], times[view], prods[view], n_products
-                )
+                args = (rows[view], times[view], prods[view], n_products)
                 del view
+                if len(rows) <= _OVERLAP_EVENTS:
+                    sessions = _submit(pool, _co_view_counts, *args)
+                else:
+                    part["sessions"] = _co_view_counts(*args)
+                del args
             indptr, h_prod, h_bought = _histories(
                 rows, prods, times.view(np.int64), bought, len(customer_ids), n_products
             )

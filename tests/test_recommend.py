@@ -436,3 +436,8 @@ def test_threads_give_the_same_model_and_recommendations(monkeypatch) -> None:
     got = threaded.recommend(ids, n=3)
     assert (got["source"] == "similar").sum() > 9  # rows from several chunks
     pd.testing.assert_frame_equal(got, expected)
+    # a chunk too large to hold both at once: co-views first, then the histories
+    monkeypatch.setattr(recommend, "_OVERLAP_EVENTS", 10)
+    in_turn = ItemSimilarity(min_support=1).fit(store, "2024-01-10")
+    pd.testing.assert_frame_equal(in_turn.similar_items_, alone.similar_items_)
+    pd.testing.assert_frame_equal(fitted_histories(in_turn), fitted_histories(alone))
