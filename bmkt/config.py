@@ -26,7 +26,9 @@ def find_project_dir(start: str | os.PathLike[str]) -> Path:
     folder up the tree looks like a project.
     """
     here = Path(start).resolve()
-    for folder in (here, *here.parents):
+    if any((here / m).exists() for m in ("notebooks", *PROJECT_MARKERS)):
+        return here  # a folder that looks like a project itself is one (never a parent)
+    for folder in here.parents:
         if (folder / "notebooks").is_dir() and any((folder / m).exists() for m in PROJECT_MARKERS):
             return folder
     return here

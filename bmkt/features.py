@@ -328,8 +328,8 @@ def _feature_query(
 ) -> list[Table]:
     """The lazy Ibis expressions of every feature for each ``(customer_id, cutoff)`` point.
 
-    Four tables, each with one row per point ordered by ``cutoff`` then
-    ``customer_id`` and the features of one source (orders, web events,
+    Four tables, each with one row per point ordered by ``customer_id`` then
+    ``cutoff`` and the features of one source (orders, web events,
     email events, campaign responses), run as four queries.
 
     ``min_end`` and ``max_end`` bound the points' cutoffs: events are filtered

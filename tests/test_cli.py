@@ -118,6 +118,10 @@ def test_project_root_is_found_from_a_subfolder(tmp_path: Path) -> None:
     lone.mkdir(parents=True)
     assert find_project_dir(lone.parent) == lone.parent.resolve()
     assert find_project_dir(tmp_path) == tmp_path.resolve()
+    # a folder with data/ of its own is its own project, even under one with notebooks/
+    own = project / "client"
+    (own / "data").mkdir(parents=True)
+    assert find_project_dir(own) == own.resolve()
     # the paths a process started in a subfolder uses (what `bmkt pipeline` reads), and
     # BMKT_HOME still wins
     code = "import bmkt.config as c; print(c.PROJECT_DIR); print(c.NOTEBOOKS_DIR)"
