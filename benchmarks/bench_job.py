@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nbmkt {bmkt.__version__} whole segment job, {counts['customers']:,} customers, "
         f"{counts['sends']:,} sends, {counts['holdouts']:,} holdouts; "
-        f"{platform.python_version()}, {platform.machine()}"
+        f"{platform.python_version()}, {platform.machine()}, "
+        f"NUMPY_MADVISE_HUGEPAGE={os.environ.get('NUMPY_MADVISE_HUGEPAGE')}"
     )
     print(
         f"{'step':<28}{'bmkt s':>10}{'baseline s':>12}{'ratio':>8}{'peak MiB':>10}"

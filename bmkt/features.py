@@ -712,7 +712,8 @@ def _feature_query(
                 if c not in _KEYS
             },
         )
-        parts.append(out.order_by(_KEYS))
+        # in the order of the frames built from them: no re-sort in pandas
+        parts.append(out.order_by(["cutoff", "customer_id"]))
     return parts
 
 
@@ -789,13 +790,20 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def _finish(raw: pa.Table) -> pd.DataFrame:
+def _finish(raw: pa.Table, split: bool = False) -> pd.DataFrame | dict[pd.Timestamp, pd.DataFrame]:
     """Derived ratios, fills and dtypes of the per-point rows (see :data:`FEATURES`).
 
     Works on the engine's Arrow result column by column in numpy and builds
-    the frame once, sorted by ``cutoff`` then ``customer_id`` with a
-    RangeIndex (at a million points, pandas column assignments and re-sorts
-    of the wide frame cost seconds).
+    each frame once, in one copy, through Arrow (pandas column assignments,
+    re-sorts and block consolidation of the wide frame cost seconds at a
+    million points, most of it in page faults of fresh memory). The engine
+    returns the rows sorted by ``cutoff`` then ``customer_id``; other orders
+    are sorted here.
+
+    Returns the frame of :func:`build_features_at` (RangeIndex), or with
+    ``split`` one frame per cutoff (ascending): each indexed by ``customer_id``
+    (sorted), with the columns of :data:`FEATURES` and ``attrs["cutoff"]``
+    (ISO text).
     """
 
     def column(name: str, fill: Any = None) -> np.ndarray:
@@ -852,34 +860,37 @@ def _finish(raw: pa.Table) -> pd.DataFrame:
         c["n_campaigns_eligible"] - c["n_mailed_eligible"],
     )
     c["email_lift_history"] = c["email_order_rate"] - c["unmailed_order_rate"]
+    c = {name: c[name] for name in FEATURES}
     ids = column("customer_id").astype("int64", copy=False)
     cutoff = column("cutoff").astype("datetime64[ns]")
-    order = np.lexsort((ids, cutoff))
-    out = {"customer_id": ids[order], "cutoff": cutoff[order]}
-    out.update({name: c[name][order] for name in FEATURES})
-    return pd.DataFrame(out)
-
-
-def _by_cutoff(out: pd.DataFrame) -> dict[pd.Timestamp, pd.DataFrame]:
-    """Split :func:`_run`'s frame (sorted by cutoff, then customer) into one frame per cutoff.
-
-    Each is indexed by ``customer_id`` (sorted), holds the columns of
-    :data:`FEATURES` and ``attrs["cutoff"]`` (ISO text).
-    """
-    if out.empty:
-        return {}
-    cut = out["cutoff"].to_numpy()
-    ids = out["customer_id"].to_numpy()
-    starts = np.concatenate([[0], np.flatnonzero(cut[1:] != cut[:-1]) + 1, [len(out)]])
-    positions = [out.columns.get_loc(f) for f in FEATURES]
+    if not _is_sorted(cutoff, ids):
+        order = np.lexsort((ids, cutoff))
+        ids, cutoff = ids[order], cutoff[order]
+        c = {name: values[order] for name, values in c.items()}
+    if not split:
+        return _frame({"customer_id": ids, "cutoff": cutoff, **c})
+    starts = np.concatenate([[0], np.flatnonzero(cutoff[1:] != cutoff[:-1]) + 1, [len(ids)]])
     frames: dict[pd.Timestamp, pd.DataFrame] = {}
     for a, b in zip(starts[:-1], starts[1:], strict=True):
-        X = out.iloc[a:b, positions]
+        if a == b:
+            continue
+        X = _frame({name: values[a:b] for name, values in c.items()})
         X.index = pd.Index(ids[a:b], name="customer_id")
-        stamp = pd.Timestamp(cut[a])
+        stamp = pd.Timestamp(cutoff[a])
         X.attrs["cutoff"] = stamp.isoformat()
         frames[stamp] = X
     return frames
+
+
+def _is_sorted(cutoff: np.ndarray, ids: np.ndarray) -> bool:
+    """Whether the points run by ``cutoff`` then ``customer_id``, both ascending."""
+    c0, c1 = cutoff[:-1], cutoff[1:]
+    return bool(np.all((c1 > c0) | ((c1 == c0) & (ids[1:] >= ids[:-1]))))
+
+
+def _frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A DataFrame of numpy columns, filled in one copy (by Arrow, not pandas' consolidation)."""
+    return pa.table(columns).to_pandas()
 
 
 def _run(
@@ -890,12 +901,13 @@ def _run(
     machine: dict,
     ids: tuple[int, int] | None = None,
     sparse: bool = False,
-) -> pd.DataFrame:
+    split: bool = False,
+) -> pd.DataFrame | dict[pd.Timestamp, pd.DataFrame]:
     """Execute the feature query for the points ``pts`` and finish the frame in pandas.
 
     ``min_end`` and ``max_end`` are the earliest and the latest cutoff of the
     points, ``ids`` their smallest and largest customer id (when known);
-    ``sparse`` as in :func:`_feature_query`.
+    ``sparse`` as in :func:`_feature_query`; ``split`` as in :func:`_finish`.
     """
     started = time.perf_counter()
     pts = pts.select(
@@ -910,11 +922,12 @@ def _run(
             if not part.column(key).equals(parts[0].column(key)):
                 raise RuntimeError(f"feature query parts differ in their points ({key})")
     columns = {name: part.column(name) for part in parts for name in part.column_names}
-    out = _finish(pa.table(columns))
+    n_points = len(parts[0])
+    out = _finish(pa.table(columns), split)
     log.info(
         "features for %d points (%d cutoffs) in %.2fs",
-        len(out),
-        out["cutoff"].nunique(),
+        n_points,
+        len(out) if split else out["cutoff"].nunique(),
         time.perf_counter() - started,
     )
     return out
@@ -985,11 +998,21 @@ def build_features_at(
     ConfigError
         On unknown ``machine_open_params``.
     """
+    return _features_at(store, points, machine_open_params)
+
+
+def _features_at(
+    store: Any,
+    points: pd.DataFrame,
+    machine_open_params: Mapping[str, Any] | None = None,
+    split: bool = False,
+) -> pd.DataFrame | dict[pd.Timestamp, pd.DataFrame]:
+    """:func:`build_features_at`; with ``split``, one frame per cutoff (see :func:`_finish`)."""
     store = open_store(store)
     frame = _points_frame(points)
     machine = _machine_settings(machine_open_params)
     if frame.empty:
-        return pd.DataFrame(columns=["customer_id", "cutoff", *FEATURES])
+        return {} if split else pd.DataFrame(columns=["customer_id", "cutoff", *FEATURES])
     ids = (int(frame["customer_id"].min()), int(frame["customer_id"].max()))
     customers = store.table("customers")
     inside = customers.customer_id.between(*ids)
@@ -1009,10 +1032,11 @@ def build_features_at(
             machine,
             ids,
             sparse,
+            split,
         )
     finally:
         store.con.drop_table(name, force=True)
-    dropped = len(frame) - len(out)
+    dropped = len(frame) - (sum(map(len, out.values())) if split else len(out))
     if dropped:
         log.info("build_features_at: %d point(s) before the customer's signup left out", dropped)
     return out
@@ -1153,6 +1177,7 @@ def build_features_before_many(
         for end in stamps
     ]
     pts = parts[0] if len(parts) == 1 else ibis.union(*parts, distinct=False)
-    out = _run(store, pts, stamps[0], stamps[-1], _machine_settings(machine_open_params))
     # every cutoff has rows: the customers of the earliest are known at the later ones
-    return _by_cutoff(out)
+    return _run(
+        store, pts, stamps[0], stamps[-1], _machine_settings(machine_open_params), split=True
+    )

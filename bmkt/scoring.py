@@ -481,7 +481,7 @@ def _shared_features(
     Without ``score_everyone`` only the training cutoffs are built (everyone
     is then scored in chunks, :func:`_score_in_chunks`).
     """
-    from bmkt.features import _by_cutoff, build_features_at, build_features_before_many
+    from bmkt.features import _features_at, build_features_before_many
 
     if len(table) <= TRAINING_CUSTOMERS:
         return build_features_before_many(
@@ -497,9 +497,9 @@ def _shared_features(
         points.append(pd.DataFrame({"customer_id": known, "cutoff": train_end}))
     if score_everyone:
         points.append(pd.DataFrame({"customer_id": table.index.to_numpy(), "cutoff": end}))
-    long = build_features_at(store, pd.concat(points, ignore_index=True))
+    frames = _features_at(store, pd.concat(points, ignore_index=True), split=True)
     log.info(
         "features for training on %s customers at %d cutoff(s)%s",
         f"{TRAINING_CUSTOMERS:,}", len(train_ends), f", and for everyone at {end}" * score_everyone,
     )  # fmt: skip
-    return _by_cutoff(long)
+    return frames

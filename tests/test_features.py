@@ -393,6 +393,46 @@ def test_several_cutoffs_in_one_query_equal_single_builds(sim_store) -> None:
         pd.testing.assert_frame_equal(frames[end], single)
 
 
+def test_split_frames_equal_the_long_frame_whatever_order_the_engine_returns(sim_store) -> None:
+    """Scoring takes one frame per cutoff straight from the engine's rows.
+
+    Those frames must equal the long frame's rows of their cutoff, and the
+    frames must not depend on the order in which an engine (Spark, a
+    warehouse) returns the rows.
+    """
+    import pyarrow as pa
+
+    from bmkt import features as F
+
+    ends = [cutoff_end("2024-03-31"), cutoff_end("2024-05-31")]
+    ids = sim_store.table("customers").customer_id.to_pyarrow().to_numpy()[::3]
+    points = pd.DataFrame({"customer_id": np.r_[ids, ids], "cutoff": np.repeat(ends, len(ids))})
+    long = F.build_features_at(sim_store, points)
+    frames = F._features_at(sim_store, points, split=True)
+    assert list(frames) == ends
+    for end, X in frames.items():
+        want = long[long["cutoff"] == end].drop(columns="cutoff").set_index("customer_id")
+        assert X.attrs["cutoff"] == end.isoformat()
+        pd.testing.assert_frame_equal(X, want)
+        assert X.index.is_monotonic_increasing and len(X) > 0
+
+    captured = []
+    real = F._finish
+
+    def shuffled(raw: pa.Table, split: bool = False):
+        captured.append(raw.num_rows)
+        order = np.random.default_rng(3).permutation(raw.num_rows)
+        return real(raw.take(pa.array(order)), split)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(F, "_finish", shuffled)
+        pd.testing.assert_frame_equal(F.build_features_at(sim_store, points), long)
+        again = F._features_at(sim_store, points, split=True)
+    assert captured and captured[0] == len(long)
+    for end in ends:
+        pd.testing.assert_frame_equal(again[end], frames[end])
+
+
 def test_sessions_and_last_visit_match_a_brute_force_count(sim) -> None:
     # the engine reads only session starts, long silences and the last month of events
     web = sim["web_events"].sort_values(["customer_id", "occurred_at"], kind="stable")

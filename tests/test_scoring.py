@@ -180,7 +180,7 @@ def test_many_customers_are_scored_in_chunks_with_the_same_result(store, monkeyp
     range), so the scores must equal those of one query over everyone.
     """
     from bmkt import scoring
-    from bmkt.features import build_features_at, build_features_before
+    from bmkt.features import _features_at, build_features_at, build_features_before
     from bmkt.io import open_store
 
     opened = open_store(store)
@@ -188,13 +188,14 @@ def test_many_customers_are_scored_in_chunks_with_the_same_result(store, monkeyp
     whole = score_customers(opened, AS_OF, churn=True).table
     monkeypatch.setattr(scoring, "SCORING_CHUNK", 700)  # 3000 customers: 5 chunks
     calls = []
-    real = build_features_at
+    real = _features_at
 
     def counting(*args, **kwargs):
         calls.append(len(args[1]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("bmkt.features.build_features_at", counting)
+    # every points query (the public build_features_at goes through it)
+    monkeypatch.setattr("bmkt.features._features_at", counting)
     chunked = score_customers(opened, AS_OF, churn=True).table
     # the training sample at two cutoffs, then everyone in chunks
     assert calls == [2000, 700, 700, 700, 700, len(whole) - 2800]
