@@ -26,7 +26,10 @@ for the part it covers (summary, BG/NBD fit, Gamma-Gamma fit, CLV), as
 ``bench_scoring.py`` does step by step. Peak RSS is the process's resident
 memory at its highest during the step (sampled every 5 ms); CPU s is the
 process's CPU time in the step (every thread), and cores that over the wall
-time (2.0 would keep both cores of the benchmark machine busy).
+time (2.0 would keep both cores of the benchmark machine busy); kernel s is the
+part of the CPU time spent in the kernel, nearly all of it page faults of fresh
+memory (on a VM that hands free memory back to its host, a fault can cost 30x
+what it costs on a quiet one, and kernel s shows when a run was hit).
 
 Usage::
 
@@ -124,6 +127,7 @@ class _Steps(dict):
             f"[{time.strftime('%H:%M:%S')}] {name}: {t.seconds or 0:.1f} s, "
             f"peak {t.peak_mib or 0:,.0f} MiB (now {rss:,.0f} MiB)"
             + (f", CPU {t.cpu_seconds:.1f} s" if t.cpu_seconds else "")
+            + (f" (kernel {t.sys_seconds:.1f} s)" if t.sys_seconds is not None else "")
             + f" {t.note}",
             file=sys.stderr,
             flush=True,
@@ -137,17 +141,22 @@ class _RSSTrace(_PeakRSS):
         self.samples: list[tuple[float, int, float]] = []
         while not self._stop.is_set():
             rss = _rss_bytes()
-            self.samples.append((time.perf_counter(), rss, time.process_time()))
+            self.samples.append((time.perf_counter(), rss, time.process_time(), os.times().system))
             self.peak = max(self.peak, rss)
             time.sleep(self.interval)
 
     def peak_between(self, start: float, end: float) -> float:
-        inside = [rss for t, rss, _ in self.samples if start <= t <= end]
+        inside = [rss for t, rss, *_ in self.samples if start <= t <= end]
         return float(max(inside)) if inside else float(self.peak)
 
     def cpu_between(self, start: float, end: float) -> float | None:
         """Process CPU seconds from the sample nearest ``start`` to the one nearest ``end``."""
-        inside = [cpu for t, _, cpu in self.samples if start <= t <= end]
+        inside = [cpu for t, _, cpu, _ in self.samples if start <= t <= end]
+        return inside[-1] - inside[0] if len(inside) > 1 else None
+
+    def sys_between(self, start: float, end: float) -> float | None:
+        """The kernel's part of :meth:`cpu_between`."""
+        inside = [k for t, _, _, k in self.samples if start <= t <= end]
         return inside[-1] - inside[0] if len(inside) > 1 else None
 
 
@@ -169,6 +178,7 @@ def _job(folder: Path, out: Path) -> tuple[dict[str, Timing], dict[str, int]]:
             seconds,
             trace.peak_between(at, at + seconds) / 2**20,
             cpu_seconds=trace.cpu_between(at, at + seconds),
+            sys_seconds=trace.sys_between(at, at + seconds),
         )
         at += seconds
     assignment, times["segments"] = _timed(lambda: RuleSet.default().assign(scores.table))
@@ -283,9 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(tempfile.mkdtemp(prefix="bmkt-bench-"))
     try:
         with _PeakRSS() as total_mem:
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0, k0 = time.perf_counter(), time.process_time(), os.times().system
             times, counts = _job(folder, out)
             total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
+            total_sys = os.times().system - k0
     finally:
         shutil.rmtree(out, ignore_errors=True)
     base = {} if args.no_baseline else _baseline(folder)
@@ -302,14 +313,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'step':<28}{'bmkt s':>10}{'baseline s':>12}{'ratio':>8}{'peak MiB':>10}"
-        f"{'CPU s':>9}{'cores':>7}"
+        f"{'CPU s':>9}{'cores':>7}{'kernel s':>10}"
     )
     for name, t in times.items():
         cpu = f"{t.cpu_seconds:>9.1f}{t.cpu_seconds / t.seconds:>7.2f}" if t.cpu_seconds else ""
-        print(f"{name:<28}{t.seconds:>10.2f}{'':>12}{'':>8}{t.peak_mib:>10,.0f}{cpu}")
+        kernel = f"{t.sys_seconds:>10.1f}" if t.cpu_seconds and t.sys_seconds is not None else ""
+        print(f"{name:<28}{t.seconds:>10.2f}{'':>12}{'':>8}{t.peak_mib:>10,.0f}{cpu}{kernel}")
     print(
         f"{'TOTAL job':<28}{total:>10.2f}{'':>12}{'':>8}{total_mem.peak / 2**20:>10,.0f}"
-        f"{total_cpu:>9.1f}{total_cpu / total:>7.2f}"
+        f"{total_cpu:>9.1f}{total_cpu / total:>7.2f}{total_sys:>10.1f}"
     )
     for name, t in base.items():
         secs = f"{t.seconds:.2f}" if t.seconds is not None else "-"
