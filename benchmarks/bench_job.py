@@ -138,7 +138,7 @@ class _RSSTrace(_PeakRSS):
     """RSS samples with their times, for the peaks of the steps inside one call."""
 
     def _run(self) -> None:
-        self.samples: list[tuple[float, int, float]] = []
+        self.samples: list[tuple[float, int, float, float]] = []
         while not self._stop.is_set():
             rss = _rss_bytes()
             self.samples.append((time.perf_counter(), rss, time.process_time(), os.times().system))
