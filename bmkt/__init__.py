@@ -25,17 +25,16 @@ def _hugepages_off_unless_asked() -> None:
     customer job ran 320 s instead of 265 s. bmkt builds many large
     per-customer arrays, so it turns the advice off. Export
     ``NUMPY_MADVISE_HUGEPAGE=1`` to keep numpy's default; the setting is also
-    put in the environment so that child processes (papermill kernels,
-    Spark workers) get the same.
+    put in the environment so that processes started afterwards (papermill
+    kernels, a local Spark session's Python workers) get the same. Executors
+    of a Spark cluster need it in ``spark.executorEnv``.
     """
     if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
         return  # the user chose; numpy read it at import
     os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray  # type: ignore[no-redef]
-    setter = getattr(multiarray, "_set_madvise_hugepage", None)
+    from numpy._core import multiarray  # numpy >= 2 (pyproject)
+
+    setter = getattr(multiarray, "_set_madvise_hugepage", None)  # private: may go away
     if setter is not None:
         setter(False)
 
