@@ -37,3 +37,53 @@ def test_import_turns_numpy_hugepage_advice_off_and_children_inherit_it() -> Non
 def test_a_user_who_exports_the_setting_keeps_it() -> None:
     assert _probe("1") == "True 1"
     assert _probe("0") == "False 0"
+
+
+# What keeping freed memory means for the next large array: a 400 MB array
+# freed and allocated again costs (almost) no new page faults, and the memory
+# goes back to the system on release_memory(); with the setting off, glibc
+# unmaps the array when it is freed and the next one faults every page again.
+_REUSE_PROBE = """
+import os, resource, numpy as np, bmkt
+def faults(): return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def rss(): return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+n = 50_000_000  # 400 MB of float64: glibc's default serves it with mmap
+start = rss()
+a = np.ones(n); del a
+kept = rss() - start
+f0 = faults()
+b = np.ones(n)
+refaulted = (faults() - f0) * os.sysconf('SC_PAGE_SIZE') / b.nbytes
+del b
+before = rss()
+released = bmkt.release_memory()
+print(round(refaulted, 2), kept > 300e6, released, rss() < before - 300e6)
+"""
+
+
+def _reuse_probe(env_value: str | None) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "BMKT_KEEP_FREED_MEMORY"}
+    if env_value is not None:
+        env["BMKT_KEEP_FREED_MEMORY"] = env_value
+    done = subprocess.run(
+        [sys.executable, "-c", _REUSE_PROBE], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+_GLIBC = sys.platform.startswith("linux") and bool(os.confstr("CS_GNU_LIBC_VERSION") or "")
+
+
+@pytest.mark.skipif(not _GLIBC, reason="the allocator settings are glibc's")
+def test_import_keeps_freed_memory_for_the_next_array_until_released() -> None:
+    refaulted, kept, released, given_back = _reuse_probe(None)
+    assert float(refaulted) < 0.1  # the second array reuses the first one's pages
+    assert (kept, released, given_back) == ("True", "True", "True")
+
+
+@pytest.mark.skipif(not _GLIBC, reason="the allocator settings are glibc's")
+def test_a_user_can_keep_glibcs_default() -> None:
+    refaulted, kept, _, _ = _reuse_probe("0")
+    assert float(refaulted) > 0.9  # every page of the second array is fresh
+    assert kept == "False"  # the freed array went back to the system at once

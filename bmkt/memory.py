@@ -1,0 +1,123 @@
+"""How this process gets and gives back memory: settings made when bmkt is imported.
+
+bmkt builds many large, short-lived arrays (tens of millions of events at a
+million customers). Where fresh memory is expensive -- virtual machines that
+hand free pages back to the host, so that the first touch of a page is a trip
+through the hypervisor -- how the C allocator and numpy ask the kernel for
+memory decides a good part of the run time. Two settings are made at
+``import bmkt``, each with an environment variable to keep the system's
+default:
+
+* :func:`hugepages_off_unless_asked` (``NUMPY_MADVISE_HUGEPAGE=1`` keeps
+  numpy's default);
+* :func:`keep_freed_memory` (``BMKT_KEEP_FREED_MEMORY=0`` keeps glibc's
+  default); :func:`release_memory` hands what is kept back to the system.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+#: The environment variable that turns :func:`keep_freed_memory` off when ``0``.
+KEEP_FREED_MEMORY_ENV = "BMKT_KEEP_FREED_MEMORY"
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library of this process when it is glibc (not musl, macOS or Windows)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018  (glibc only)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def hugepages_off_unless_asked() -> None:
+    """Stop numpy asking the kernel for transparent huge pages, unless the user chose.
+
+    numpy marks every array of 4 MB or more with ``madvise(MADV_HUGEPAGE)``.
+    Where the kernel's THP ``defrag`` setting is ``madvise`` (the common
+    default) and memory is fragmented (virtual machines that return free
+    pages to the host), each such page fault waits on direct compaction: on
+    the benchmark VM, allocating 2 GB took 29 s instead of 0.8 s, and the 1M
+    customer job ran 320 s instead of 265 s. bmkt builds many large
+    per-customer arrays, so it turns the advice off. Export
+    ``NUMPY_MADVISE_HUGEPAGE=1`` to keep numpy's default; the setting is also
+    put in the environment so that processes started afterwards (papermill
+    kernels, a local Spark session's Python workers) get the same. Executors
+    of a Spark cluster need it in ``spark.executorEnv``.
+    """
+    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        return  # the user chose; numpy read it at import
+    os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"
+    from numpy._core import multiarray  # numpy >= 2 (pyproject)
+
+    setter = getattr(multiarray, "_set_madvise_hugepage", None)  # private: may go away
+    if setter is not None:
+        setter(False)
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep memory freed by this process for its next allocations.
+
+    By default glibc serves every allocation of 32 MB or more (most of
+    bmkt's arrays: a column of 50M events is 400 MB) with its own ``mmap``
+    and returns it to the kernel when freed, and it trims the heap's free
+    top. The next array then starts on fresh pages, which the kernel zeroes
+    on first touch. On the benchmark VM that first touch cost 1.5-20 us a
+    page, depending on what the host had to back: the 1M-customer job spent
+    95 of its 309 CPU seconds in the kernel, most of it zeroing pages.
+
+    This sets ``M_MMAP_MAX=0`` (allocations come from the heap, where freed
+    blocks are reused) and an unlimited ``M_TRIM_THRESHOLD`` (the heap is not
+    trimmed), so the process holds on to the memory of its largest step
+    until :func:`release_memory` or its end. Export
+    ``BMKT_KEEP_FREED_MEMORY=0`` to keep glibc's default (a long-lived
+    notebook kernel that should shrink after each job, for example). A no-op
+    where the C library is not glibc.
+
+    Returns
+    -------
+    bool
+        Whether the setting was made.
+    """
+    if os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip() == "0":
+        return False
+    libc = _glibc()
+    if libc is None:
+        return False
+    # mallopt takes an int: -1 becomes SIZE_MAX, "never trim"
+    done = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
+    if not done:
+        log.debug("mallopt refused the memory settings; glibc's defaults stay")
+    return done
+
+
+def release_memory() -> bool:
+    """Give the memory this process has freed but kept (:func:`keep_freed_memory`) back to the system.
+
+    Calls glibc's ``malloc_trim(0)``, which returns the free pages of every
+    heap, not only its top. Useful in a notebook kernel between large jobs;
+    the next large step then starts on fresh pages again.
+
+    Returns
+    -------
+    bool
+        Whether any memory was returned (``False`` also where the C library
+        is not glibc).
+    """
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
