@@ -117,6 +117,14 @@ def _store(
     return folder
 
 
+def _numpy_hugepages() -> str:
+    """Whether numpy asks for transparent huge pages now (after ``import bmkt``)."""
+    from numpy._core import multiarray
+
+    getter = getattr(multiarray, "_get_madvise_hugepage", None)  # private: may go away
+    return "unknown" if getter is None else ("on" if getter() else "off")
+
+
 class _Steps(dict):
     """Step timings, each also printed to stderr when measured (a long run shows its progress)."""
 
@@ -309,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\nbmkt {bmkt.__version__} whole segment job, {counts['customers']:,} customers, "
         f"{counts['sends']:,} sends, {counts['holdouts']:,} holdouts; "
         f"{platform.python_version()}, {platform.machine()}, "
-        f"NUMPY_MADVISE_HUGEPAGE={os.environ.get('NUMPY_MADVISE_HUGEPAGE')}"
+        f"numpy huge pages {_numpy_hugepages()}, "
+        f"BMKT_KEEP_FREED_MEMORY={os.environ.get('BMKT_KEEP_FREED_MEMORY', '1 (default)')}"
     )
     print(
         f"{'step':<28}{'bmkt s':>10}{'baseline s':>12}{'ratio':>8}{'peak MiB':>10}"

@@ -1016,7 +1016,13 @@ def _features_at(
     ids = (int(frame["customer_id"].min()), int(frame["customer_id"].max()))
     customers = store.table("customers")
     inside = customers.customer_id.between(*ids)
-    counts = engine.to_pandas(customers.aggregate(n=customers.count(), n_in_range=_count(inside)))
+    # customers who sign up after the last cutoff have no point (nor features): they
+    # neither count for the sparse test nor keep the range from holding everyone
+    last = pd.Timestamp(frame["cutoff"].max()).to_pydatetime()
+    known = customers.created_at < ibis.literal(last, type=dt.Timestamp())
+    counts = engine.to_pandas(
+        customers.aggregate(n=_count(known), n_in_range=_count(inside & known))
+    )
     n_all, n_in_range = (int(counts[c].iloc[0] or 0) for c in ("n", "n_in_range"))
     sparse = frame["customer_id"].nunique() < SPARSE_SHARE * n_in_range
     if n_in_range == n_all:  # the range holds everyone: its filter on every table reads all
