@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{counts['sends']:,} sends, {counts['holdouts']:,} holdouts; "
         f"{platform.python_version()}, {platform.machine()}, "
         f"numpy huge pages {_numpy_hugepages()}, "
-        f"BMKT_KEEP_FREED_MEMORY={os.environ.get('BMKT_KEEP_FREED_MEMORY', '1 (default)')}"
+        f"BMKT_KEEP_FREED_MEMORY={os.environ.get('BMKT_KEEP_FREED_MEMORY', '0 (default)')}"
     )
     print(
         f"{'step':<28}{'bmkt s':>10}{'baseline s':>12}{'ratio':>8}{'peak MiB':>10}"

@@ -73,7 +73,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import ibis
 import ibis.expr.datatypes as dt
@@ -790,6 +790,16 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
+@overload
+def _finish(raw: pa.Table, split: Literal[False] = False) -> pd.DataFrame: ...
+@overload
+def _finish(raw: pa.Table, split: Literal[True]) -> dict[pd.Timestamp, pd.DataFrame]: ...
+@overload
+def _finish(
+    raw: pa.Table, split: bool = False
+) -> pd.DataFrame | dict[pd.Timestamp, pd.DataFrame]: ...
+
+
 def _finish(raw: pa.Table, split: bool = False) -> pd.DataFrame | dict[pd.Timestamp, pd.DataFrame]:
     """Derived ratios, fills and dtypes of the per-point rows (see :data:`FEATURES`).
 
@@ -999,6 +1009,23 @@ def build_features_at(
         On unknown ``machine_open_params``.
     """
     return _features_at(store, points, machine_open_params)
+
+
+@overload
+def _features_at(
+    store: Any,
+    points: pd.DataFrame,
+    machine_open_params: Mapping[str, Any] | None = None,
+    split: Literal[False] = False,
+) -> pd.DataFrame: ...
+@overload
+def _features_at(
+    store: Any,
+    points: pd.DataFrame,
+    machine_open_params: Mapping[str, Any] | None = None,
+    *,
+    split: Literal[True],
+) -> dict[pd.Timestamp, pd.DataFrame]: ...
 
 
 def _features_at(

@@ -407,8 +407,19 @@ def test_split_frames_equal_the_long_frame_whatever_order_the_engine_returns(sim
     ends = [cutoff_end("2024-03-31"), cutoff_end("2024-05-31")]
     ids = sim_store.table("customers").customer_id.to_pyarrow().to_numpy()[::3]
     points = pd.DataFrame({"customer_id": np.r_[ids, ids], "cutoff": np.repeat(ends, len(ids))})
-    long = F.build_features_at(sim_store, points)
-    frames = F._features_at(sim_store, points, split=True)
+    verdicts: list[bool] = []
+    real_is_sorted = F._is_sorted
+
+    def is_sorted(cutoff: np.ndarray, ids: np.ndarray) -> bool:
+        verdicts.append(real_is_sorted(cutoff, ids))
+        return verdicts[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(F, "_is_sorted", is_sorted)
+        long = F.build_features_at(sim_store, points)
+        frames = F._features_at(sim_store, points, split=True)
+    # DuckDB returns the rows in the frames' order: no re-sort (the fast path)
+    assert verdicts == [True, True]
     assert list(frames) == ends
     for end, X in frames.items():
         want = long[long["cutoff"] == end].drop(columns="cutoff").set_index("customer_id")
@@ -429,6 +440,7 @@ def test_split_frames_equal_the_long_frame_whatever_order_the_engine_returns(sim
         pd.testing.assert_frame_equal(F.build_features_at(sim_store, points), long)
         again = F._features_at(sim_store, points, split=True)
     assert captured and captured[0] == len(long)
+    assert not real_is_sorted(long["cutoff"].to_numpy()[::-1], long["customer_id"].to_numpy()[::-1])
     for end in ends:
         pd.testing.assert_frame_equal(again[end], frames[end])
 
