@@ -15,15 +15,20 @@ _PROBE = (
 )
 
 
-def _probe(env_value: str | None) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
-    if env_value is not None:
-        env["NUMPY_MADVISE_HUGEPAGE"] = env_value
+def _run(code: str, variable: str, value: str | None) -> str:
+    """The output of ``code`` run by a fresh interpreter with ``variable`` set to ``value``."""
+    env = {k: v for k, v in os.environ.items() if k != variable}
+    if value is not None:
+        env[variable] = value
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
+
+
+def _probe(env_value: str | None) -> str:
+    return _run(_PROBE, "NUMPY_MADVISE_HUGEPAGE", env_value)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge pages are a Linux matter")
@@ -62,17 +67,17 @@ print(round(refaulted, 2), kept > 300e6, released, rss() < before - 300e6)
 
 
 def _reuse_probe(env_value: str | None) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k != "BMKT_KEEP_FREED_MEMORY"}
-    if env_value is not None:
-        env["BMKT_KEEP_FREED_MEMORY"] = env_value
-    done = subprocess.run(
-        [sys.executable, "-c", _REUSE_PROBE], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.split()
+    return _run(_REUSE_PROBE, "BMKT_KEEP_FREED_MEMORY", env_value).split()
 
 
-_GLIBC = sys.platform.startswith("linux") and bool(os.confstr("CS_GNU_LIBC_VERSION") or "")
+def _is_glibc() -> bool:
+    try:
+        return sys.platform.startswith("linux") and bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):  # musl and others do not know the name
+        return False
+
+
+_GLIBC = _is_glibc()
 
 
 @pytest.mark.skipif(not _GLIBC, reason="the allocator settings are glibc's")
