@@ -1026,6 +1026,13 @@ def _features_at(
     *,
     split: Literal[True],
 ) -> dict[pd.Timestamp, pd.DataFrame]: ...
+@overload
+def _features_at(
+    store: Any,
+    points: pd.DataFrame,
+    machine_open_params: Mapping[str, Any] | None = None,
+    split: bool = False,
+) -> pd.DataFrame | dict[pd.Timestamp, pd.DataFrame]: ...
 
 
 def _features_at(

@@ -16,31 +16,34 @@ memory decides a good part of the run time. Two settings are made at
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import sys
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_DEFAULT_MMAP_MAX = 65536  # glibc's DEFAULT_MMAP_MAX
 
 #: The environment variable that turns :func:`keep_freed_memory` on when ``1``.
 KEEP_FREED_MEMORY_ENV = "BMKT_KEEP_FREED_MEMORY"
 
 
-def _glibc() -> ctypes.CDLL | None:
-    """The C library of this process when it is glibc (not musl, macOS or Windows)."""
+def _glibc() -> Any:
+    """The C library of this process (a ``ctypes.CDLL``) when it is glibc, else ``None``."""
     if not sys.platform.startswith("linux"):
         return None
     try:
+        import ctypes  # here: a Python built without ctypes still imports bmkt
+
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018  (glibc only)
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):
         return None
     return libc
 
@@ -85,10 +88,10 @@ def keep_freed_memory() -> bool:
     (allocations come from the heap, where freed blocks are reused) and an
     unlimited ``M_TRIM_THRESHOLD`` (the heap is not trimmed), so the process
     holds on to the memory of its largest step until :func:`release_memory`
-    or its end. It is opt-in: in a quiet hour on the benchmark VM the 1M job
-    took 153 s with it and 155 s without (the first touch of a page was then
-    cheap), while in a slow hour the recommendations' kernel time fell from 3.6 to
-    0.2 s;
+    or its end. Only the main thread's large blocks are covered: glibc
+    still maps a worker thread's blocks above 64 MB apart and unmaps them
+    when freed. It is opt-in: two pairs of runs of the 1M job on the
+    benchmark VM took 153.3 and 156.5 s with it, 155.4 and 157.4 s without;
     and a heap that never shrinks can hold more than the live memory (holes
     between blocks in use), which was not measured at 10M customers, where
     the job peaks at 20 of 24 GB. A no-op where the C library is not glibc.
@@ -104,10 +107,14 @@ def keep_freed_memory() -> bool:
     if libc is None:
         return False
     # mallopt takes an int: -1 becomes SIZE_MAX, "never trim"
-    done = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
-    if not done:
-        log.debug("mallopt refused the memory settings; glibc's defaults stay")
-    return done
+    if libc.mallopt(_M_MMAP_MAX, 0) != 1:
+        log.debug("mallopt refused M_MMAP_MAX; glibc's defaults stay")
+        return False
+    if libc.mallopt(_M_TRIM_THRESHOLD, -1) != 1:
+        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)  # both or neither
+        log.debug("mallopt refused M_TRIM_THRESHOLD; glibc's defaults stay")
+        return False
+    return True
 
 
 def release_memory() -> bool:

@@ -440,6 +440,32 @@ def test_fit_in_slices_of_customers_gives_the_same_model(
     pd.testing.assert_frame_equal(sliced.recommend(ids, n=3), whole.recommend(ids, n=3))
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_slices_are_even_when_customer_ids_cluster(dtype, monkeypatch) -> None:
+    from bmkt import recommend
+
+    rng = np.random.default_rng(5)
+    # most events on 900 adjacent ids, a few on ids far away (up to the dtype's end)
+    far = [np.iinfo(dtype).max - 1, np.iinfo(dtype).max] if dtype is np.uint64 else [10**15]
+    ids = np.concatenate(
+        [rng.integers(1000, 1900, 5000).astype(dtype), np.repeat(np.array(far, dtype=dtype), 3)]
+    )
+    assert int(ids.max()) == far[-1]
+    ev = {"customer_id": ids, "at": np.arange(len(ids))}
+    monkeypatch.setattr(recommend, "_SLICE_EVENTS", 500)
+    pieces = list(recommend._customer_slices(ev, None))
+    sizes = [len(p["customer_id"]) for p, _ in pieces]
+    assert sum(sizes) == len(ids) and len(pieces) >= 10
+    assert max(sizes) <= 2 * 500  # equal-width ranges would put ~all in the first
+    spans = [span for _, span in pieces]
+    assert spans[0][0] == int(ids.min()) and spans[-1][1] == int(ids.max())
+    assert all(a[1] + 1 == b[0] for a, b in zip(spans[:-1], spans[1:], strict=True))
+    for piece, (a, b) in pieces:  # each slice holds exactly the events of its range
+        inside = (ids >= a) & (ids <= b)
+        assert np.array_equal(piece["customer_id"], ids[inside])
+        assert np.array_equal(piece["at"], ev["at"][inside])
+
+
 def test_recommend_for_many_customers_in_slices_gives_the_same_result(monkeypatch) -> None:
     from bmkt import recommend
 
