@@ -664,8 +664,7 @@ class ItemSimilarity:
             if universe is None:  # one product code space for every slice
                 universe = _universe(ev["product_id"])
             for piece, piece_span in _customer_slices(ev, span):
-                part, universe = self._fit_chunk(piece, universe, piece_span)
-                parts.append(part)
+                parts.append(self._fit_chunk(piece, universe, piece_span))
             del ev  # the chunk's events, before the next is read
         n_products = len(universe)
         self.histories_ = _Histories.concat([p.pop("histories") for p in parts])
@@ -721,12 +720,13 @@ class ItemSimilarity:
     def _fit_chunk(
         self,
         ev: dict[str, np.ndarray],
-        universe: pd.Index | None,
+        universe: pd.Index,
         span: tuple[int, int] | None,
-    ) -> tuple[dict[str, Any], pd.Index]:
-        """Histories and co-occurrence counts of one chunk of customers' events."""
-        if universe is None:
-            universe = _universe(ev["product_id"])
+    ) -> dict[str, Any]:
+        """Histories and co-occurrence counts of one slice of customers' events.
+
+        ``universe``: the product ids of every slice (codes are positions in it).
+        """
         n_products = len(universe)
         values = ev.pop("customer_id")
         if span is not None and span[1] - span[0] < max(4 * len(values), 1 << 20):
@@ -766,7 +766,7 @@ class ItemSimilarity:
         )
         h_rows = np.repeat(np.arange(len(customer_ids)), np.diff(indptr))
         part["baskets"] = _co_counts(_incidence(h_rows[h_bought], h_prod[h_bought], n_products))
-        return part, universe
+        return part
 
     def _check_is_fitted(self) -> None:
         if not hasattr(self, "similar_items_"):
