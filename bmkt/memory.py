@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ _DEFAULT_MMAP_MAX = 65536  # glibc's DEFAULT_MMAP_MAX
 
 #: The environment variable that turns :func:`keep_freed_memory` on when ``1``.
 KEEP_FREED_MEMORY_ENV = "BMKT_KEEP_FREED_MEMORY"
+_ON = ("1", "true", "yes", "on")
+_OFF = ("", "0", "false", "no", "off")
 
 
 def _glibc() -> Any:
@@ -101,7 +104,15 @@ def keep_freed_memory() -> bool:
     bool
         Whether the setting was made.
     """
-    if os.environ.get(KEEP_FREED_MEMORY_ENV, "0").strip() != "1":
+    value = os.environ.get(KEEP_FREED_MEMORY_ENV, "").strip().lower()
+    if value not in _ON:
+        if value not in _OFF:
+            warnings.warn(
+                f"{KEEP_FREED_MEMORY_ENV}={os.environ[KEEP_FREED_MEMORY_ENV]!r} is not understood "
+                "(use 1 to keep freed memory, 0 for glibc's default); glibc's default stays.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return False
     libc = _glibc()
     if libc is None:

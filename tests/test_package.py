@@ -108,3 +108,14 @@ def test_by_default_glibc_keeps_its_own_behaviour(env_value: str | None) -> None
     refaulted, kept, _, _ = _reuse_probe(env_value)
     assert float(refaulted) > 0.9  # every page of the second array is fresh
     assert kept == "False"  # the freed array went back to the system at once
+
+
+def test_a_setting_that_is_not_understood_is_named_in_a_warning() -> None:
+    code = "import warnings; warnings.simplefilter('error'); import bmkt"
+    env = {**os.environ, "BMKT_KEEP_FREED_MEMORY": "maybe"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "BMKT_KEEP_FREED_MEMORY='maybe' is not understood" in done.stderr
+    assert _run("import bmkt; print('ok')", "BMKT_KEEP_FREED_MEMORY", "off") == "ok"
