@@ -471,6 +471,32 @@ def test_sessions_and_last_visit_match_a_brute_force_count(sim) -> None:
         assert (got["days_since_last_visit"] > 31).any()  # long silences are exercised
 
 
+def test_abandoned_carts_match_a_brute_force_count(sim) -> None:
+    # the engine matches carts to purchases on (customer, UTC day); here every pair is tried
+    web = sim["web_events"]
+    adds = web.loc[web["event_type"] == "add_to_cart", ["customer_id", "occurred_at"]]
+    adds = adds.reset_index(drop=True).rename_axis("add").reset_index()
+    o = sim["orders"]
+    buys = o.loc[o["revenue"] >= 0, ["customer_id", "ordered_at"]]
+    pairs = adds.merge(buys, on="customer_id")
+    lag = pairs["ordered_at"] - pairs["occurred_at"]
+    hit = pairs[(lag >= pd.Timedelta(0)) & (lag < pd.Timedelta(hours=24))]
+    adds["bought"] = adds["add"].isin(hit["add"])
+    # purchases on the next UTC day (or at the 24 h edge, not counted) are exercised
+    next_day = hit["ordered_at"].dt.floor("D") > hit["occurred_at"].dt.floor("D")
+    assert next_day.any() and (~next_day).any()
+    ends = [cutoff_end("2024-02-29"), cutoff_end("2024-05-31"), pd.Timestamp("2024-04-15 12:34")]
+    frames = build_features_before_many(sim, ends)
+    for end in ends:
+        age = end - adds["occurred_at"]
+        judged = (age >= pd.Timedelta(hours=24)) & (age < pd.Timedelta(days=30))
+        want = (judged & ~adds["bought"]).groupby(adds["customer_id"]).sum()
+        got = frames[end]["abandoned_carts_30d"]
+        want = want.reindex(got.index, fill_value=0).astype("int64")
+        pd.testing.assert_series_equal(got, want, check_names=False)
+        assert (got > 0).sum() >= 5  # abandoned carts exist at every cutoff
+
+
 def test_several_cutoffs_need_at_least_one() -> None:
     with pytest.raises(ConfigError, match="ends: at least one cutoff is required"):
         build_features_before_many(hand_tables(), [])
