@@ -304,6 +304,9 @@ class _Labelled(NamedTuple):
     #: :func:`shared_machine_opens` without ``variant``, ``user_agent``,
     #: ``delivered_at`` and ``delay_seconds``.
     opens: Table
+    #: Inside :func:`shared_machine_opens`: the per-email table of
+    #: :func:`_emails` the opens were timed with, kept by the engine.
+    emails: Table | None = None
 
 
 #: Labels computed once for the calls inside :func:`shared_machine_opens`, by
@@ -379,24 +382,37 @@ def _user_agent_rule(con: Any, opens: Table, patterns: Sequence[str]) -> ibis.Va
     return opens.user_agent.isin(found).fill_null(False)
 
 
-def _open_timing(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> tuple[Table, Table]:
+def _emails(store: Store, end: pd.Timestamp) -> Table:
+    """One row per email sent or delivered before ``end``: its first ``sent`` and ``delivered``.
+
+    Columns ``customer_id``, ``campaign_id``, ``delivered_at``, ``sent_at``
+    (either missing when the email has no such event) and ``ref_at`` (the
+    delivery, else the send: what an open's delay is measured from).
+    """
+    ev = _email_events(store, end)
+    sd = ev.filter(ev.event_type.isin(["sent", "delivered"]))
+    emails = sd.group_by("customer_id", "campaign_id").aggregate(
+        delivered_at=sd.occurred_at.min(where=sd.event_type == "delivered"),
+        sent_at=sd.occurred_at.min(where=sd.event_type == "sent"),
+    )
+    return emails.mutate(ref_at=ibis.coalesce(emails.delivered_at, emails.sent_at))
+
+
+def _open_timing(
+    store: Store, end: pd.Timestamp, params: Mapping[str, Any], emails: Table | None = None
+) -> tuple[Table, Table]:
     """Every open before ``end`` with its email's delivery and the rules that need no evidence.
 
     Returns the opens -- the columns of :func:`flag_machine_opens` up to
     ``is_fast``, plus ``has_delivery`` and ``ua_machine`` -- and the
-    per-email table they were joined with (``customer_id``, ``campaign_id``,
-    ``delivered_at``, ``sent_at``, ``ref_at``). The work is one aggregation
-    of the sent and delivered events per email and one join of the opens with it.
+    per-email table they were joined with (:func:`_emails`; ``emails`` when
+    given, e.g. already kept by the engine). The work is one aggregation of
+    the sent and delivered events per email and one join of the opens with it.
     """
     ev = _email_events(store, end)
     keys = ["customer_id", "campaign_id"]
-    sd = ev.filter(ev.event_type.isin(["sent", "delivered"]))
-    emails = sd.group_by(keys).aggregate(
-        delivered_at=sd.occurred_at.min(where=sd.event_type == "delivered"),
-        sent_at=sd.occurred_at.min(where=sd.event_type == "sent"),
-    )
-    emails = emails.mutate(ref_at=ibis.coalesce(emails.delivered_at, emails.sent_at))
-    emails = engine.reuse(emails, store.con.name)  # read by the opens and the evidence
+    if emails is None:
+        emails = engine.reuse(_emails(store, end), store.con.name)  # read by opens and evidence
 
     opens = ev.filter(ev.event_type == "open")
     ua_machine = _user_agent_rule(store.con, opens, params["user_agent_patterns"])
@@ -550,18 +566,42 @@ def _covering_labels(store: Store, end: pd.Timestamp, params: Mapping[str, Any])
     per cutoff by the query itself), so the block's labels serve instead of
     labelling every open again. ``None`` outside such a block.
     """
+    labels = _covering(store, end, params)
+    if labels is None:
+        return None
+    opens = labels.opens
+    return opens.filter(opens.occurred_at < _ts_literal(end)).select(
+        "customer_id", "campaign_id", "occurred_at", "machine_open", "is_fast", "rule", "is_machine"
+    )
+
+
+def _covering_deliveries(
+    store: Store, end: pd.Timestamp, params: Mapping[str, Any]
+) -> Table | None:
+    """Each email's first delivery before ``end``, from a shared block whose window covers it.
+
+    ``customer_id``, ``campaign_id``, ``delivered_at``: one row per email
+    delivered before ``end``, as aggregating its ``delivered`` events before
+    ``end`` gives (the first delivery before the block's end is the first
+    before ``end`` whenever it is before ``end``). ``None`` outside such a block.
+    """
+    labels = _covering(store, end, params)
+    if labels is None or labels.emails is None:
+        return None
+    emails = labels.emails
+    delivered = emails.delivered_at.notnull() & (emails.delivered_at < _ts_literal(end))
+    return emails.filter(delivered).select("customer_id", "campaign_id", "delivered_at")
+
+
+def _covering(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> _Labelled | None:
+    """This thread's shared labels of ``store`` whose window ends first at or after ``end``."""
     thread, key = threading.get_ident(), _shared_key(store, end, params)[3]
     found = [
         (e, labels)
         for (tid, _, e, pkey), (held, labels) in _SHARED.items()
         if tid == thread and held is store and pkey == key and e >= end
     ]
-    if not found:
-        return None
-    opens = min(found, key=lambda item: item[0])[1].opens
-    return opens.filter(opens.occurred_at < _ts_literal(end)).select(
-        "customer_id", "campaign_id", "occurred_at", "machine_open", "is_fast", "rule", "is_machine"
-    )
+    return min(found, key=lambda item: item[0])[1] if found else None
 
 
 def flag_machine_opens(
@@ -744,9 +784,10 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
     each. Inside this block, calls on the same store, ``as_of`` and machine
     open parameters (their defaults unless given here and to the calls alike)
     read the labels computed once on entry and kept by the engine (temporary
-    tables: seven narrow columns per open -- the open, its delivery and the
-    rules that need no evidence -- and the per-customer evidence), dropped on
-    exit. Results are those of the calls without the block. The store must
+    tables: each email's first send and delivery, seven narrow columns per
+    open -- the open, its delivery and the rules that need no evidence -- and
+    the per-customer evidence), dropped on exit. Feature queries inside the
+    block (:mod:`bmkt.features`) read the emails' deliveries from it too. Results are those of the calls without the block. The store must
     not change inside the block.
 
     Parameters
@@ -784,15 +825,19 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
         return
     made: list[str] = []  # the tables registered so far: dropped even if setup fails
     try:
-        timing = _open_timing(store, end, params)[0].select(*_SHARED_OPEN_COLUMNS)
         # reuse: on Spark, whose temporary "tables" are views, the data is cached
         backend = store.con.name
+        made.append(ibis.util.gen_name("bmkt_open_emails"))
+        emails = _emails(store, end)
+        emails = engine.reuse(engine.register_table(store.con, made[-1], emails), backend)
+        timing = _open_timing(store, end, params, emails)[0].select(*_SHARED_OPEN_COLUMNS)
         made.append(ibis.util.gen_name("bmkt_opens"))
         o = engine.reuse(engine.register_table(store.con, made[-1], timing), backend)
-        evidence = _evidence(store, end, params, o)
+        evidence = _evidence(store, end, params, o, emails)
         made.append(ibis.util.gen_name("bmkt_open_evidence"))
         evidence = engine.reuse(engine.register_table(store.con, made[-1], evidence), backend)
-        _SHARED[key] = (store, _Labelled(evidence=evidence, opens=_apply_labels(o, evidence)))
+        labels = _Labelled(evidence=evidence, opens=_apply_labels(o, evidence), emails=emails)
+        _SHARED[key] = (store, labels)
         log.info("machine opens as of %s: labelled once for the block", end)
         yield store
     finally:

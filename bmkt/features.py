@@ -85,7 +85,13 @@ import pyarrow.compute as pc
 from ibis.expr.types import Table
 
 from bmkt import engine
-from bmkt.engagement import _covering_labels, _machine_params, flag_machine_opens, labelled_opens
+from bmkt.engagement import (
+    _covering_deliveries,
+    _covering_labels,
+    _machine_params,
+    flag_machine_opens,
+    labelled_opens,
+)
 from bmkt.errors import ConfigError, DataError, data_problem
 from bmkt.io import Store, open_store
 from bmkt.schema import parse_as_of
@@ -513,11 +519,14 @@ def _feature_query(
     ev = mine(store.table("email_events"))
     ev = ev.filter(ev.occurred_at < max_end)
     ekeys = ["customer_id", "campaign_id"]
-    emails = (
-        ev.filter(ev.event_type == "delivered")
-        .group_by(ekeys)
-        .aggregate(delivered_at=ev.occurred_at.min())
-    )
+    # each email's first delivery: kept by a run's shared block (engagement.shared_machine_opens)
+    # or aggregated from the events here
+    shared_emails = _covering_deliveries(store, max_end, _machine_params(machine))
+    if shared_emails is not None:
+        emails = mine(shared_emails)
+    else:
+        dv = ev.filter(ev.event_type == "delivered")
+        emails = dv.group_by(ekeys).aggregate(delivered_at=dv.occurred_at.min())
     # labelled once per run inside engagement.shared_machine_opens (also for earlier cutoffs)
     labelled = _covering_labels(store, max_end, _machine_params(machine))
     if labelled is None:
@@ -601,8 +610,11 @@ def _feature_query(
     resp = resp.distinct()
     # the delivery of each responded campaign's email: the delivered events of those
     # emails only (a semi join), not every delivered email aggregated (19.5M at 1M)
-    dv = ev.filter(ev.event_type == "delivered").semi_join(resp, ekeys)
-    mailed = dv.group_by(ekeys).aggregate(delivered_at=dv.occurred_at.min())
+    if shared_emails is not None:
+        mailed = emails
+    else:
+        dv = ev.filter(ev.event_type == "delivered").semi_join(resp, ekeys)
+        mailed = dv.group_by(ekeys).aggregate(delivered_at=dv.occurred_at.min())
     resp = resp.left_join(mailed, ekeys).select(
         resp.customer_id, resp.sent_at, mailed_at=mailed.delivered_at
     )

@@ -580,8 +580,14 @@ def test_missing_optional_tables_give_zero_counts() -> None:
 def test_features_read_the_opens_labelled_once_for_a_shared_block(sim_store, monkeypatch) -> None:
     """Inside ``engagement.shared_machine_opens`` the feature query labels no open again."""
     from bmkt import engagement
+    from bmkt import features as F
 
     plain = build_features(sim_store, AS_OF)
+    deliveries = []  # the emails' deliveries the query was given (None: aggregated itself)
+    real = F._covering_deliveries
+    monkeypatch.setattr(
+        F, "_covering_deliveries", lambda *a: deliveries.append(real(*a)) or deliveries[-1]
+    )
     with engagement.shared_machine_opens(sim_store, AS_OF) as store:
 
         def relabel(*args, **kwargs):
@@ -590,6 +596,7 @@ def test_features_read_the_opens_labelled_once_for_a_shared_block(sim_store, mon
         monkeypatch.setattr(engagement, "_label_opens", relabel)
         shared = build_features(store, AS_OF)
     pd.testing.assert_frame_equal(shared, plain)
+    assert len(deliveries) == 1 and deliveries[0] is not None  # read from the block
     # outside the block (or at another as_of) the labels are computed as usual
     with pytest.raises(AssertionError, match="labelled again"):
         build_features(sim_store, AS_OF)
