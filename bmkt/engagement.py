@@ -289,6 +289,37 @@ def _email_events(store: Store, end: pd.Timestamp) -> Table:
     return ev.filter(ev.occurred_at < _ts_literal(end))
 
 
+#: Email events few enough to be kept by a :func:`shared_machine_opens` block
+#: (about 1% of the events): clicks and opt-outs are read by the machine-open
+#: evidence, the engagement scores, the send times and the features, and each
+#: read of the event files scans the type of every event to find them.
+_RARE_EMAIL_EVENTS = ("click", "unsubscribe", "complaint")
+
+#: The rare email events kept by the open blocks: (thread, store, window end, table).
+_SHARED_RARE: list[tuple[int, Store, pd.Timestamp, Table]] = []
+
+
+def _email_events_of(store: Store, end: pd.Timestamp, types: Sequence[str]) -> Table:
+    """The email events of ``types`` before ``end``: ``customer_id``, ``campaign_id``,
+    ``occurred_at`` and ``event_type``.
+
+    Read from what a :func:`shared_machine_opens` block of this thread keeps
+    when its window covers ``end`` and ``types`` are all rare events, else
+    from the store.
+    """
+    ev: Table | None = None
+    if set(types) <= set(_RARE_EMAIL_EVENTS):
+        thread = threading.get_ident()
+        kept = [(e, t) for tid, st, e, t in _SHARED_RARE if tid == thread and st is store]
+        kept = [(e, t) for e, t in kept if e >= end]
+        if kept:
+            ev = min(kept, key=lambda item: item[0])[1]
+    if ev is None:
+        ev = store.table("email_events")
+    ev = ev.filter((ev.occurred_at < _ts_literal(end)) & ev.event_type.isin(list(types)))
+    return ev.select("customer_id", "campaign_id", "occurred_at", "event_type")
+
+
 # --------------------------------------------------------------------------- machine opens
 
 
@@ -470,9 +501,8 @@ def _evidence(
     fast_opened = cand.group_by("customer_id").aggregate(
         n_fast_open_emails=cand.campaign_id.nunique()
     )
-    clicks = ev.filter(ev.event_type == "click").select(
-        "customer_id", "campaign_id", click_at="occurred_at"
-    )
+    clicks = _email_events_of(store, end, ["click"])
+    clicks = clicks.select("customer_id", "campaign_id", click_at="occurred_at")
     clicked = cand.semi_join(clicks, keys)
     fast = clicked.group_by(keys).aggregate(first_fast_at=clicked.occurred_at.min())
     fc = fast.inner_join(clicks, keys)
@@ -786,8 +816,9 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
     read the labels computed once on entry and kept by the engine (temporary
     tables: each email's first send and delivery, seven narrow columns per
     open -- the open, its delivery and the rules that need no evidence -- and
-    the per-customer evidence), dropped on exit. Feature queries inside the
-    block (:mod:`bmkt.features`) read the emails' deliveries from it too. Results are those of the calls without the block. The store must
+    the per-customer evidence, and the clicks and opt-outs, about 1% of the
+    events), dropped on exit. Feature queries inside the block
+    (:mod:`bmkt.features`) read the emails' deliveries and the clicks from it too. Results are those of the calls without the block. The store must
     not change inside the block.
 
     Parameters
@@ -824,9 +855,17 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
         yield store
         return
     made: list[str] = []  # the tables registered so far: dropped even if setup fails
+    rare: tuple[int, Store, pd.Timestamp, Table] | None = None
     try:
         # reuse: on Spark, whose temporary "tables" are views, the data is cached
         backend = store.con.name
+        made.append(ibis.util.gen_name("bmkt_open_rare_events"))
+        ev = store.table("email_events")
+        ev = ev.filter((ev.occurred_at < _ts_literal(end)) & ev.event_type.isin(_RARE_EMAIL_EVENTS))
+        ev = ev.select("customer_id", "campaign_id", "occurred_at", "event_type")
+        ev = engine.reuse(engine.register_table(store.con, made[-1], ev), backend)
+        rare = (threading.get_ident(), store, end, ev)
+        _SHARED_RARE.append(rare)
         made.append(ibis.util.gen_name("bmkt_open_emails"))
         emails = _emails(store, end)
         emails = engine.reuse(engine.register_table(store.con, made[-1], emails), backend)
@@ -842,6 +881,8 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
         yield store
     finally:
         _SHARED.pop(key, None)
+        if rare is not None:
+            _SHARED_RARE.remove(rare)
         for name in made:
             _drop(store.con, name)
 
@@ -969,7 +1010,7 @@ def engagement_scores(
 
     # Clicks per clicked email, with whether that email was delivered: only the
     # delivered events of clicked emails are read (a semi join).
-    clicks = ev.filter(ev.event_type == "click")
+    clicks = _email_events_of(store, end, ["click"])
     delivered = ev.filter(ev.event_type == "delivered")
     cd = clicks.select(*keys, ts=_ts(clicks.occurred_at), is_click=True).union(
         delivered.semi_join(clicks, same_email(delivered, clicks)).select(
@@ -1257,15 +1298,15 @@ def preferred_send_time(
     cust = _customer_zones(_customers_at(store, end), infer_timezone, min_timezone_customers)
 
     labelled = _labels(store, end, params).opens
-    ev = _email_events(store, end)
+    clicks = _email_events_of(store, end, ["click"])
     orders = store.table("orders")
     orders = orders.filter(orders.ordered_at < _ts_literal(end))
     opens = labelled if include_machine_opens else labelled.filter(~labelled.is_machine)
     events = (
         opens.select("customer_id", ts=_ts(opens.occurred_at), w=engine.float_literal(open_weight))
         .union(
-            ev.filter(ev.event_type == "click").select(
-                "customer_id", ts=_ts(ev.occurred_at), w=engine.float_literal(click_weight)
+            clicks.select(
+                "customer_id", ts=_ts(clicks.occurred_at), w=engine.float_literal(click_weight)
             )
         )
         .union(

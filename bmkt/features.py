@@ -88,6 +88,7 @@ from bmkt import engine
 from bmkt.engagement import (
     _covering_deliveries,
     _covering_labels,
+    _email_events_of,
     _machine_params,
     flag_machine_opens,
     labelled_opens,
@@ -538,7 +539,8 @@ def _feature_query(
     fast = cand.group_by(ekeys).aggregate(
         first_fast_at=cand.occurred_at.min(), delivered_at=cand.delivered_at.min()
     )
-    clicks = ev.filter(ev.event_type == "click").select(*ekeys, click_at=ev.occurred_at)
+    clicks = mine(_email_events_of(store, max_end, ["click"]))
+    clicks = clicks.select(*ekeys, click_at=clicks.occurred_at)
     fc = fast.inner_join(clicks, ekeys)
     gap = _days(fc.click_at, fc.first_fast_at) * 86_400.0
     fc = fc.filter((gap >= 0) & (gap <= float(machine["click_window_seconds"])))
@@ -677,7 +679,7 @@ def _feature_query(
         days_since_human_p=_days(g.cutoff, g.last_human_p),
     )
 
-    act = ev.filter(ev.event_type.isin(["click", "unsubscribe", "complaint"]))
+    act = mine(_email_events_of(store, max_end, ["click", "unsubscribe", "complaint"]))
     a = at_points(act, "occurred_at")
     is_click = a.event_type == "click"
     per_act = a.group_by([*_KEYS, "campaign_id"]).aggregate(

@@ -675,6 +675,7 @@ def test_shared_machine_opens_gives_the_same_results(sim_store: Store) -> None:
     ]
     with shared_machine_opens(sim_store, AS_OF, **params) as store:
         assert store is sim_store and len(engagement._SHARED) == 1
+        assert len(engagement._SHARED_RARE) == 1  # the clicks and opt-outs, kept
         got = [
             engagement_scores(store, AS_OF, machine_open_params=params),
             preferred_send_time(store, AS_OF, machine_open_params=params),
@@ -692,7 +693,7 @@ def test_shared_machine_opens_gives_the_same_results(sim_store: Store) -> None:
         assert len(engagement._SHARED) == 1
     for g, w in zip(got, want, strict=True):
         pd.testing.assert_frame_equal(g, w)
-    assert not engagement._SHARED
+    assert not engagement._SHARED and not engagement._SHARED_RARE
     assert not [t for t in sim_store.con.list_tables() if "bmkt_open" in t]  # dropped
 
 
@@ -706,7 +707,7 @@ def test_shared_machine_opens_cleans_up_when_setup_fails(sim_store: Store, monke
     with pytest.raises(RuntimeError, match="evidence failed"):
         with shared_machine_opens(sim_store, AS_OF):
             pass
-    assert not engagement._SHARED
+    assert not engagement._SHARED and not engagement._SHARED_RARE
     assert not [t for t in sim_store.con.list_tables() if "bmkt_open" in t]
 
 
