@@ -295,6 +295,14 @@ def _email_events(store: Store, end: pd.Timestamp) -> Table:
 #: read of the event files scans the type of every event to find them.
 _RARE_EMAIL_EVENTS = ("click", "unsubscribe", "complaint")
 
+#: Most email events (all types, the whole store) for which a
+#: :func:`shared_machine_opens` block keeps each email's first send and
+#: delivery (at 50M events, 20M emails and 0.6 GB of DuckDB's memory). Beyond,
+#: the table would crowd DuckDB's memory limit out (at 10M customers, 200M
+#: emails made the later queries spill over 40 GB to disk), and the queries
+#: aggregate the events themselves.
+SHARED_EMAILS_MAX_EVENTS = 100_000_000
+
 #: The rare email events kept by the open blocks: (thread, store, window end, table).
 _SHARED_RARE: list[tuple[int, Store, pd.Timestamp, Table]] = []
 
@@ -426,7 +434,12 @@ def _emails(store: Store, end: pd.Timestamp) -> Table:
         delivered_at=sd.occurred_at.min(where=sd.event_type == "delivered"),
         sent_at=sd.occurred_at.min(where=sd.event_type == "sent"),
     )
-    return emails.mutate(ref_at=ibis.coalesce(emails.delivered_at, emails.sent_at))
+    return emails.mutate(ref_at=_ref_at(emails))
+
+
+def _ref_at(emails: Table) -> ibis.Value:
+    """What an open's delay is measured from: the email's delivery, else its send."""
+    return ibis.coalesce(emails.delivered_at, emails.sent_at)
 
 
 def _open_timing(
@@ -814,7 +827,8 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
     each. Inside this block, calls on the same store, ``as_of`` and machine
     open parameters (their defaults unless given here and to the calls alike)
     read the labels computed once on entry and kept by the engine (temporary
-    tables: each email's first send and delivery, seven narrow columns per
+    tables: each email's first send and delivery (up to
+    :data:`SHARED_EMAILS_MAX_EVENTS` email events), seven narrow columns per
     open -- the open, its delivery and the rules that need no evidence -- and
     the per-customer evidence, and the clicks and opt-outs, about 1% of the
     events), dropped on exit. Feature queries inside the block
@@ -866,9 +880,12 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
         ev = engine.reuse(engine.register_table(store.con, made[-1], ev), backend)
         rare = (threading.get_ident(), store, end, ev)
         _SHARED_RARE.append(rare)
-        made.append(ibis.util.gen_name("bmkt_open_emails"))
-        emails = _emails(store, end)
-        emails = engine.reuse(engine.register_table(store.con, made[-1], emails), backend)
+        emails: Table | None = None
+        if int(store.table("email_events").count().execute()) <= SHARED_EMAILS_MAX_EVENTS:
+            made.append(ibis.util.gen_name("bmkt_open_emails"))
+            emails = _emails(store, end).drop("ref_at")  # ref_at: computed where read
+            emails = engine.register_table(store.con, made[-1], emails)
+            emails = engine.reuse(emails.mutate(ref_at=_ref_at(emails)), backend)
         timing = _open_timing(store, end, params, emails)[0].select(*_SHARED_OPEN_COLUMNS)
         made.append(ibis.util.gen_name("bmkt_opens"))
         o = engine.reuse(engine.register_table(store.con, made[-1], timing), backend)

@@ -697,6 +697,28 @@ def test_shared_machine_opens_gives_the_same_results(sim_store: Store) -> None:
     assert not [t for t in sim_store.con.list_tables() if "bmkt_open" in t]  # dropped
 
 
+def test_shared_machine_opens_keeps_the_emails_of_small_stores_only(
+    sim_store: Store, monkeypatch
+) -> None:
+    """Past SHARED_EMAILS_MAX_EVENTS the block keeps no per-email table; results are the same."""
+    import bmkt.engagement as engagement
+    from bmkt.features import build_features
+
+    n_events = len(sim_store.table("email_events").to_pandas())
+    end = engagement._window_end(AS_OF)
+    want = [engagement_scores(sim_store, AS_OF), build_features(sim_store, AS_OF)]
+    for limit, kept in ((n_events, True), (n_events - 1, False)):
+        monkeypatch.setattr(engagement, "SHARED_EMAILS_MAX_EVENTS", limit)
+        with shared_machine_opens(sim_store, AS_OF) as store:
+            (_, labels), *_ = engagement._SHARED.values()
+            assert (labels.emails is not None) is kept
+            shared = engagement._covering_deliveries(store, end, engagement._machine_params({}))
+            assert (shared is not None) is kept
+            got = [engagement_scores(store, AS_OF), build_features(store, AS_OF)]
+        for g, w in zip(got, want, strict=True):
+            pd.testing.assert_frame_equal(g, w)
+
+
 def test_shared_machine_opens_cleans_up_when_setup_fails(sim_store: Store, monkeypatch) -> None:
     import bmkt.engagement as engagement
 
