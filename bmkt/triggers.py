@@ -512,26 +512,22 @@ def reengagement(
         cust.email_status == "subscribed", cust.email_consent.fill_null(False)
     ).select("customer_id")
     ee = store.table("email_events")
-    # One pass over the email events, one row per customer: what was received
-    # in the window, and the last human engagement ever.
-    ee = ee.filter(
-        ee.occurred_at < _ts(ck.end),
-        ee.customer_id.notnull(),
-        ee.event_type.isin(ENGAGED_EVENTS)
-        | (ee.event_type.isin(RECEIVED_EVENTS) & (ee.occurred_at >= since)),
+    ee = ee.filter(ee.occurred_at < _ts(ck.end), ee.customer_id.notnull())
+    # Two reads, one row per customer each: what was received in the window (a
+    # time filter, which skips the older parts of time-ordered files) and the last
+    # human engagement ever (the opens and clicks only)
+    rec = ee.filter(ee.event_type.isin(RECEIVED_EVENTS), ee.occurred_at >= since)
+    got = rec.group_by(receiver=rec.customer_id).agg(
+        emails_received=rec.campaign_id.nunique(),
+        last_email_at=rec.occurred_at.max(),
     )
-    received = ee.event_type.isin(RECEIVED_EVENTS)
-    engaged = ee.event_type.isin(ENGAGED_EVENTS)
+    eng = ee.filter(ee.event_type.isin(ENGAGED_EVENTS))
     if exclude_machine:
-        engaged = engaged & ~((ee.event_type == "open") & ee.machine_open.fill_null(False))
-    per = ee.group_by(receiver=ee.customer_id).agg(
-        emails_received=ee.campaign_id.nunique(where=received),
-        last_email_at=ee.occurred_at.max(where=received),
-        last_engaged_at=ee.occurred_at.max(where=engaged),
-    )
-    got = per.filter(per.emails_received > 0)
+        eng = eng.filter(~((eng.event_type == "open") & eng.machine_open.fill_null(False)))
+    engaged = eng.group_by(engager=eng.customer_id).agg(last_engaged_at=eng.occurred_at.max())
     j = mailable.join(got, mailable.customer_id == got.receiver)
     j = j.filter(j.emails_received >= min_emails)
+    j = j.left_join(engaged, j.customer_id == engaged.engager)
     j = j.filter(j.last_engaged_at.isnull() | (j.last_engaged_at < since))
     rows = _execute(
         store,
