@@ -313,7 +313,8 @@ def _email_events_of(store: Store, end: pd.Timestamp, types: Sequence[str]) -> T
 
     Read from what a :func:`shared_machine_opens` block of this thread keeps
     when its window covers ``end`` and ``types`` are all rare events, else
-    from the store.
+    from the store. For queries run inside the block only: the kept table is
+    dropped on exit, so a lazy table returned to a caller must not read it.
     """
     ev: Table | None = None
     if set(types) <= set(_RARE_EMAIL_EVENTS):
@@ -344,7 +345,8 @@ class _Labelled(NamedTuple):
     #: ``delivered_at`` and ``delay_seconds``.
     opens: Table
     #: Inside :func:`shared_machine_opens`: the per-email table of
-    #: :func:`_emails` the opens were timed with, kept by the engine.
+    #: :func:`_emails` the opens were timed with, kept by the engine (``None``
+    #: past :data:`SHARED_EMAILS_MAX_EVENTS`, and outside a block).
     emails: Table | None = None
 
 
@@ -450,8 +452,9 @@ def _open_timing(
     Returns the opens -- the columns of :func:`flag_machine_opens` up to
     ``is_fast``, plus ``has_delivery`` and ``ua_machine`` -- and the
     per-email table they were joined with (:func:`_emails`; ``emails`` when
-    given, e.g. already kept by the engine). The work is one aggregation of
-    the sent and delivered events per email and one join of the opens with it.
+    given, e.g. already kept by the engine). The work is one join of the
+    opens with that table (and, when not given, the aggregation of the sent
+    and delivered events per email that makes it).
     """
     ev = _email_events(store, end)
     keys = ["customer_id", "campaign_id"]
@@ -489,10 +492,14 @@ def _evidence(
     params: Mapping[str, Any],
     o: Table,
     emails: Table | None = None,
+    clicks: Table | None = None,
 ) -> Table:
     """Per-customer proxy evidence from the timed opens ``o`` and emails of :func:`_open_timing`.
 
-    Without ``emails`` the delivered emails are counted from the events.
+    Without ``emails`` the delivered emails are counted from the events;
+    without ``clicks`` (the click events before ``end``) they are read from
+    the store. The result stays lazy (:func:`labelled_opens` may return it),
+    so nothing a shared block drops on exit is read unless passed in.
     """
     ev = _email_events(store, end)
     keys = ["customer_id", "campaign_id"]
@@ -514,7 +521,8 @@ def _evidence(
     fast_opened = cand.group_by("customer_id").aggregate(
         n_fast_open_emails=cand.campaign_id.nunique()
     )
-    clicks = _email_events_of(store, end, ["click"])
+    if clicks is None:
+        clicks = ev.filter(ev.event_type == "click")
     clicks = clicks.select("customer_id", "campaign_id", click_at="occurred_at")
     clicked = cand.semi_join(clicks, keys)
     fast = clicked.group_by(keys).aggregate(first_fast_at=clicked.occurred_at.min())
@@ -641,7 +649,7 @@ def _covering(store: Store, end: pd.Timestamp, params: Mapping[str, Any]) -> _La
     thread, key = threading.get_ident(), _shared_key(store, end, params)[3]
     found = [
         (e, labels)
-        for (tid, _, e, pkey), (held, labels) in _SHARED.items()
+        for (tid, _, e, pkey), (held, labels) in list(_SHARED.items())  # others' may change
         if tid == thread and held is store and pkey == key and e >= end
     ]
     return min(found, key=lambda item: item[0])[1] if found else None
@@ -832,7 +840,8 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
     open -- the open, its delivery and the rules that need no evidence -- and
     the per-customer evidence, and the clicks and opt-outs, about 1% of the
     events), dropped on exit. Feature queries inside the block
-    (:mod:`bmkt.features`) read the emails' deliveries and the clicks from it too. Results are those of the calls without the block. The store must
+    (:mod:`bmkt.features`) read the emails' deliveries and the clicks from it
+    too. Results are those of the calls without the block. The store must
     not change inside the block.
 
     Parameters
@@ -881,6 +890,7 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
         rare = (threading.get_ident(), store, end, ev)
         _SHARED_RARE.append(rare)
         emails: Table | None = None
+        # (DuckDB counts Parquet files' rows from their metadata)
         if int(store.table("email_events").count().execute()) <= SHARED_EMAILS_MAX_EVENTS:
             made.append(ibis.util.gen_name("bmkt_open_emails"))
             emails = _emails(store, end).drop("ref_at")  # ref_at: computed where read
@@ -889,7 +899,7 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
         timing = _open_timing(store, end, params, emails)[0].select(*_SHARED_OPEN_COLUMNS)
         made.append(ibis.util.gen_name("bmkt_opens"))
         o = engine.reuse(engine.register_table(store.con, made[-1], timing), backend)
-        evidence = _evidence(store, end, params, o, emails)
+        evidence = _evidence(store, end, params, o, emails, _email_events_of(store, end, ["click"]))
         made.append(ibis.util.gen_name("bmkt_open_evidence"))
         evidence = engine.reuse(engine.register_table(store.con, made[-1], evidence), backend)
         labels = _Labelled(evidence=evidence, opens=_apply_labels(o, evidence), emails=emails)

@@ -20,6 +20,7 @@ from bmkt.engagement import (
     discount_affinity,
     engagement_scores,
     flag_machine_opens,
+    labelled_opens,
     machine_open_customers,
     preferred_send_time,
     shared_machine_opens,
@@ -717,6 +718,30 @@ def test_shared_machine_opens_keeps_the_emails_of_small_stores_only(
             got = [engagement_scores(store, AS_OF), build_features(store, AS_OF)]
         for g, w in zip(got, want, strict=True):
             pd.testing.assert_frame_equal(g, w)
+
+
+def test_lazy_labels_made_inside_a_block_outlive_it(sim_store: Store) -> None:
+    """A lazy table for another window or parameters reads nothing the block drops on exit."""
+    import bmkt.engagement as engagement
+
+    earlier = "2024-06-15"
+    params = {"min_delivered": 2}
+    want = [
+        labelled_opens(sim_store, earlier).to_pandas(),
+        flag_machine_opens(sim_store, AS_OF, **params).to_pandas(),
+    ]
+    with shared_machine_opens(sim_store, AS_OF) as store:
+        with shared_machine_opens(store, AS_OF, **params):  # another block, nested
+            assert len(engagement._SHARED) == 2 and len(engagement._SHARED_RARE) == 2
+        assert len(engagement._SHARED) == 1 and len(engagement._SHARED_RARE) == 1
+        lazy = [labelled_opens(store, earlier), flag_machine_opens(store, AS_OF, **params)]
+    assert not engagement._SHARED_RARE
+    order = ["customer_id", "campaign_id", "occurred_at"]
+    for got, w in zip(lazy, want, strict=True):
+        pd.testing.assert_frame_equal(
+            got.to_pandas().sort_values(order, ignore_index=True),
+            w.sort_values(order, ignore_index=True),
+        )
 
 
 def test_shared_machine_opens_cleans_up_when_setup_fails(sim_store: Store, monkeypatch) -> None:
