@@ -276,6 +276,24 @@ def _session_gap_us() -> int:
     return hi
 
 
+def _utc_day(ts: ibis.Value) -> ibis.Value:
+    """Days since 1970-01-01 of a naive (UTC) timestamp (int64): an equality join key."""
+    return engine.epoch_us(ts) // int(_US_PER_DAY)
+
+
+def _on_days(table: Table, at: ibis.Value, days: float) -> Table:
+    """``table`` listed once on each UTC day (column ``day``) that ``[at, at + days)`` touches.
+
+    A window of ``days`` starting anywhere in a day ends at most ``ceil(days)``
+    days later, so joined on ``day`` with events keyed by their own
+    :func:`_utc_day`, each row meets every event of its window (and some
+    outside it, which a range test then drops) instead of every event.
+    """
+    first = _utc_day(at)
+    listed = [table.mutate(day=first + k) for k in range(math.ceil(days) + 1)]
+    return ibis.union(*listed, distinct=False)
+
+
 def _count(cond: ibis.Value) -> ibis.Value:
     return cond.fill_null(False).cast(dt.int64).sum()
 
@@ -490,13 +508,8 @@ def _feature_query(
     # add's day on: an equality join on (customer, day), each cart listed on each such
     # day, then the range -- not every later purchase of the customer (26M pairs at 1M)
     later = purchases.filter(purchases.purchased_at >= min_end - pd.Timedelta(days=_RECENT_DAYS))
-    day_us = int(_US_PER_DAY)
-    later = later.mutate(day=engine.epoch_us(later.purchased_at) // day_us)
-    cart_day = engine.epoch_us(carts.occurred_at) // day_us
-    n_cart_days = math.ceil(ABANDON_HOURS / 24.0) + 1
-    cart_days = ibis.union(
-        *[carts.mutate(day=cart_day + k) for k in range(n_cart_days)], distinct=False
-    )
+    later = later.mutate(day=_utc_day(later.purchased_at))
+    cart_days = _on_days(carts, carts.occurred_at, ABANDON_HOURS / 24.0)
     bought = cart_days.inner_join(later, ["customer_id", "day"])
     bought = bought.filter(
         (bought.occurred_at <= bought.purchased_at)
@@ -601,10 +614,8 @@ def _feature_query(
     camp_agg = ce.group_by(_KEYS).aggregate(n_campaigns_eligible=ce.count())
     # purchases in a campaign's window [sent_at, sent_at + window): an equality join on
     # the UTC day (each campaign listed on every day its window touches), then the range
-    n_days = int(RESPONSE_WINDOW_DAYS) + (2 if RESPONSE_WINDOW_DAYS % 1 else 1)
-    camp_day = engine.epoch_us(camps.sent_at) // day_us
-    camp_days = ibis.union(*[camps.mutate(day=camp_day + k) for k in range(n_days)], distinct=False)
-    buys = purchases.mutate(day=engine.epoch_us(purchases.purchased_at) // day_us)
+    camp_days = _on_days(camps, camps.sent_at, RESPONSE_WINDOW_DAYS)
+    buys = purchases.mutate(day=_utc_day(purchases.purchased_at))
     resp = buys.inner_join(camp_days, "day")
     resp = resp.filter(
         (resp.purchased_at >= resp.sent_at) & (resp.purchased_at < resp.sent_at + win)
