@@ -673,16 +673,26 @@ def test_shared_machine_opens_gives_the_same_results(sim_store: Store) -> None:
         preferred_send_time(sim_store, AS_OF, machine_open_params=params),
         machine_open_customers(sim_store, AS_OF, **params),
         engagement_scores(sim_store, AS_OF, include_machine_opens=True, machine_open_params=params),
+        category_affinity(sim_store, AS_OF, top_n=1),
+        category_affinity(sim_store, AS_OF, top_n=3, view_weight=0.5),
     ]
     with shared_machine_opens(sim_store, AS_OF, **params) as store:
         assert store is sim_store and len(engagement._SHARED) == 1
         assert len(engagement._SHARED_RARE) == 1  # the clicks and opt-outs, kept
+        assert len(engagement._SHARED_CATEGORIES) == 1  # views and purchases per category
         got = [
             engagement_scores(store, AS_OF, machine_open_params=params),
             preferred_send_time(store, AS_OF, machine_open_params=params),
             machine_open_customers(store, AS_OF, **params),
             engagement_scores(store, AS_OF, include_machine_opens=True, machine_open_params=params),
+            category_affinity(store, AS_OF, top_n=1),
+            category_affinity(store, AS_OF, top_n=3, view_weight=0.5),
         ]
+        # the kept counts are those of the block's window: another as_of counts its own
+        earlier = "2024-05-31"
+        pd.testing.assert_frame_equal(
+            category_affinity(store, earlier), category_affinity(open_store(store), earlier)
+        )
         # other parameters are not what was shared: computed as without the block
         pd.testing.assert_frame_equal(
             engagement_scores(store, AS_OF), engagement_scores(open_store(store), AS_OF)
@@ -695,7 +705,9 @@ def test_shared_machine_opens_gives_the_same_results(sim_store: Store) -> None:
     for g, w in zip(got, want, strict=True):
         pd.testing.assert_frame_equal(g, w)
     assert not engagement._SHARED and not engagement._SHARED_RARE
-    assert not [t for t in sim_store.con.list_tables() if "bmkt_open" in t]  # dropped
+    assert not engagement._SHARED_CATEGORIES
+    made = ("bmkt_open", "bmkt_customer_categories")
+    assert not [t for t in sim_store.con.list_tables() if t.startswith(made)]  # dropped
 
 
 def test_shared_machine_opens_keeps_the_emails_of_small_stores_only(
