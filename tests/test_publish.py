@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 import bmkt.publish as publish_module
 from bmkt.errors import ConfigError, PublishError
 from bmkt.plan import SEND_COLUMNS, build_plan, load_campaigns
-from bmkt.publish import neutralise_formula, package_versions, publish_plan
+from bmkt.publish import neutralise_formula, package_versions, publish_plan, publish_segments
 
 AS_OF = "2024-06-30"
 
@@ -185,12 +186,12 @@ def test_failure_midway_leaves_previous_run_intact(
     real = publish_module._write_csv
     calls = {"n": 0}
 
-    def flaky(frame: pd.DataFrame, path: Path) -> dict[str, Any]:
+    def flaky(frame: pd.DataFrame, path: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
         calls["n"] += 1
         if calls["n"] == 2:
             path.write_bytes(b"customer_id,email\n1,partial")  # a half-written file
             raise OSError("disk full")
-        return real(frame, path)
+        return real(frame, path, *args, **kwargs)
 
     monkeypatch.setattr(publish_module, "_write_csv", flaky)
     with pytest.raises(PublishError, match="disk full.*previous publication is untouched"):
@@ -203,6 +204,40 @@ def test_failure_midway_leaves_previous_run_intact(
     with pytest.raises(PublishError):
         publish(make_plan(), tmp_path, run_id="fresh")
     assert list((tmp_path / "fresh").iterdir()) == []
+
+
+@pytest.mark.parametrize("what", ["send lists", "segments"])
+def test_a_write_failing_in_the_writer_thread_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    # files are written (and synced) by a second thread while the next is rendered: a
+    # failure there is raised once the writes are done, and the publication is undone
+    def run(offer: str) -> Path:
+        if what == "send lists":
+            return publish(make_plan(offer=offer), tmp_path)
+        assignment, scores = _segment_inputs()
+        if offer != "OLD":
+            scores = scores.assign(clv=scores["clv"] + 1.0)
+        return publish_segments(assignment, scores, tmp_path, "run1", AS_OF)
+
+    target = run("OLD")
+    before = snapshot(target)
+    real = publish_module._write_bytes
+    threads: list[str] = []
+
+    def flaky(path: Path, data: bytes) -> None:
+        threads.append(threading.current_thread().name)
+        if len(threads) == 2:
+            path.write_bytes(data[: len(data) // 2])  # half a file
+            raise OSError("disk full")
+        real(path, data)
+
+    monkeypatch.setattr(publish_module, "_write_bytes", flaky)
+    with pytest.raises(PublishError, match="disk full.*previous publication is untouched"):
+        run("NEW")
+    assert threads[1].startswith("bmkt-publish")  # it failed in the writer thread
+    assert snapshot(target) == before
+    assert sorted(p.name for p in (tmp_path / "run1").iterdir()) == [target.name]  # no temp
 
 
 def test_failure_while_swapping_restores_previous(
