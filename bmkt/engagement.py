@@ -329,6 +329,13 @@ def _email_events_of(store: Store, end: pd.Timestamp, types: Sequence[str]) -> T
     return ev.select("customer_id", "campaign_id", "occurred_at", "event_type")
 
 
+#: Most product views and order lines (the whole store) for which a
+#: :func:`shared_machine_opens` block keeps :func:`_customer_categories` (at
+#: 85M, 4M rows and 0.2 GB of DuckDB's memory); beyond, as for the emails
+#: (:data:`SHARED_EMAILS_MAX_EVENTS`), the table would crowd DuckDB's memory
+#: limit, and the queries aggregate the events themselves.
+SHARED_CATEGORIES_MAX_EVENTS = 150_000_000
+
 #: The per-(customer, category) tables kept by the open blocks: (thread, store,
 #: window end, table) -- see :func:`_customer_categories`.
 _SHARED_CATEGORIES: list[tuple[int, Store, pd.Timestamp, Table]] = []
@@ -951,7 +958,11 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
         ev = engine.reuse(engine.register_table(store.con, made[-1], ev), backend)
         rare = (threading.get_ident(), store, end, ev)
         _SHARED_RARE.append(rare)
-        if all(t in store for t in ("web_events", "orders", "order_lines")):
+        sources = ("web_events", "orders", "order_lines")
+        if all(t in store for t in sources) and (
+            sum(int(store.table(t).count().execute()) for t in ("web_events", "order_lines"))
+            <= SHARED_CATEGORIES_MAX_EVENTS
+        ):
             made.append(ibis.util.gen_name("bmkt_customer_categories"))
             cats = engine.register_table(store.con, made[-1], _customer_categories(store, end))
             categories = (threading.get_ident(), store, end, engine.reuse(cats, backend))

@@ -732,6 +732,25 @@ def test_shared_machine_opens_keeps_the_emails_of_small_stores_only(
             pd.testing.assert_frame_equal(g, w)
 
 
+def test_shared_machine_opens_keeps_the_categories_of_small_stores_only(
+    sim_store: Store, monkeypatch
+) -> None:
+    """Past SHARED_CATEGORIES_MAX_EVENTS no per-(customer, category) table; same results."""
+    import bmkt.engagement as engagement
+    from bmkt.features import build_features
+
+    n_events = sum(len(sim_store.table(t).to_pandas()) for t in ("web_events", "order_lines"))
+    end = engagement._window_end(AS_OF)
+    want = [category_affinity(sim_store, AS_OF), build_features(sim_store, AS_OF)]
+    for limit, kept in ((n_events, True), (n_events - 1, False)):
+        monkeypatch.setattr(engagement, "SHARED_CATEGORIES_MAX_EVENTS", limit)
+        with shared_machine_opens(sim_store, AS_OF) as store:
+            assert (engagement._kept_categories(store, end, exact=True) is not None) is kept
+            got = [category_affinity(store, AS_OF), build_features(store, AS_OF)]
+        for g, w in zip(got, want, strict=True):
+            pd.testing.assert_frame_equal(g, w)
+
+
 def test_lazy_labels_made_inside_a_block_outlive_it(sim_store: Store) -> None:
     """A lazy table for another window or parameters reads nothing the block drops on exit."""
     import bmkt.engagement as engagement
