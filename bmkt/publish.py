@@ -318,18 +318,27 @@ class _Writer:
 
     Copying a file into the page cache and syncing it release the GIL (about a
     third of a publication's time: 3 s for the 210 MB of a 1M-customer run),
-    so they overlap the rendering of the next file. Leaving the ``with``
+    so they overlap the rendering of the next file; at most
+    ``max_pending_bytes`` wait to be written (besides the one being queued), so
+    a large publication holds little more than its text. Leaving the ``with``
     block waits for every write and raises the first failure; on an error in
     the block the writes are still waited for (so that the caller can remove
     the folder) and the block's error is the one raised.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_pending_bytes: int = 256 * 2**20) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmkt-publish")
         self._pending: list[Future[None]] = []
+        self._queued: list[tuple[Future[None], int]] = []  # not known to be written yet
+        self._max_pending = max_pending_bytes
 
     def write(self, path: Path, data: bytes) -> None:
-        self._pending.append(self._pool.submit(_write_bytes, path, data))
+        """Queue ``data`` for ``path``; first wait while more than the limit is unwritten."""
+        while self._queued and sum(n for _, n in self._queued) + len(data) > self._max_pending:
+            self._queued.pop(0)[0].exception()  # waits; a failure is raised on exit
+        done = self._pool.submit(_write_bytes, path, data)
+        self._pending.append(done)
+        self._queued.append((done, len(data)))
 
     def __enter__(self) -> _Writer:
         return self

@@ -240,6 +240,32 @@ def test_a_write_failing_in_the_writer_thread_publishes_nothing(
     assert sorted(p.name for p in (tmp_path / "run1").iterdir()) == [target.name]  # no temp
 
 
+def test_the_writer_thread_holds_a_bounded_backlog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a large publication must not queue all its bytes at once: past the limit, write()
+    # waits for the oldest writes to finish
+    events: list[str] = []
+    gate = threading.Event()
+
+    def slow(path: Path, data: bytes) -> None:
+        gate.wait(5)  # the first write is held until the main thread has tried the next
+        events.append(f"written {path.name}")
+        path.write_bytes(data)
+
+    monkeypatch.setattr(publish_module, "_write_bytes", slow)
+    with publish_module._Writer(max_pending_bytes=10) as writer:
+        writer.write(tmp_path / "a", b"12345678")
+        events.append("queued a")
+        threading.Timer(0.2, gate.set).start()
+        writer.write(tmp_path / "b", b"12345678")  # 16 bytes > 10: waits for a
+        events.append("queued b")
+        writer.write(tmp_path / "c", b"1")  # 9 bytes pending with b: no wait needed
+        events.append("queued c")
+    assert events[:3] == ["queued a", "written a", "queued b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
+
+
 def test_failure_while_swapping_restores_previous(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
