@@ -215,6 +215,26 @@ def _ordered_unique(values: Iterable[Any]) -> list[Any]:
     return seen
 
 
+def _per_group(keys: pd.Series, values: pd.Series, fn: Any = list) -> pd.Series:
+    """``fn`` of each key's values, in their order, indexed by the distinct keys (sorted).
+
+    What ``values.groupby(keys, sort=True).agg(fn)`` gives (rows with a null
+    key are left out), for ``keys`` already sorted -- each group's rows
+    together -- without pandas' per-group call overhead (0.6 s for 20,000
+    customers; here one list slice per group).
+    """
+    ok = keys.notna().to_numpy()
+    k = keys.to_numpy()[ok]
+    v = values.to_numpy(dtype=object)[ok].tolist()
+    if len(k) and not bool(pd.Index(k).is_monotonic_increasing):
+        raise ValueError("_per_group needs the rows sorted by key")
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, int)
+    ends = np.r_[starts[1:], len(k)] if len(k) else starts
+    out = [fn(v[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    index = pd.Index(k[starts], name=keys.name)
+    return pd.Series(out, index=index, dtype=object, name=values.name)
+
+
 def _as_store(store: Store | Mapping[str, pd.DataFrame] | Any) -> Store:
     return store if isinstance(store, Store) else open_store(store)
 
@@ -290,8 +310,8 @@ def cart_abandonment(
     out = pd.DataFrame(
         {
             "triggered_at": grouped["added_at"].max(),
-            "products": grouped["product_id"].agg(list),
-            "categories": grouped["category"].agg(_ordered_unique),
+            "products": _per_group(rows["customer_id"], rows["product_id"]),
+            "categories": _per_group(rows["customer_id"], rows["category"], _ordered_unique),
         }
     )
     out["n_products"] = out["products"].map(len).astype("int64")
@@ -461,12 +481,15 @@ def post_purchase(
     out = pd.DataFrame(
         {
             "triggered_at": g["ordered_at"].max(),
-            "order_ids": g["order_id"].agg(list),
+            "order_ids": _per_group(orders["customer_id"], orders["order_id"]),
             "revenue": g["revenue"].sum().astype(float),
         }
     )
-    cat_lists = rows.groupby("customer_id")["category"].agg(
-        lambda s: sorted(_ordered_unique(s), key=str)
+    by_customer = rows.sort_values("customer_id", kind="stable")
+    cat_lists = _per_group(
+        by_customer["customer_id"],
+        by_customer["category"],
+        lambda s: sorted(_ordered_unique(s), key=str),
     )
     out["categories"] = cat_lists.reindex(out.index)
     out = out.rename_axis("customer_id").reset_index()

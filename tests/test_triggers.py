@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -485,3 +486,20 @@ def test_detect_triggers_config_errors_and_empty() -> None:
     assert out.empty
     assert list(out.columns) == list(trg.empty_frame().columns)
     assert trg.wide_flags(out, [1, 2]).to_numpy().sum() == 0
+
+
+def test_per_group_lists_match_pandas_groupby() -> None:
+    from bmkt.triggers import _ordered_unique, _per_group
+
+    keys = pd.Series([1, 1, 2, 4, 4, 4, np.nan], name="customer_id")
+    values = pd.Series(["b", "a", None, "c", "c", "a", "z"], name="category")
+    for fn in (list, _ordered_unique):
+        got = _per_group(keys.iloc[:-1].astype("int64"), values.iloc[:-1], fn)
+        want = values.iloc[:-1].groupby(keys.iloc[:-1].astype("int64"), sort=True).agg(fn)
+        assert got.index.equals(want.index) and got.tolist() == want.tolist()
+    # null keys are left out, as pandas' groupby does
+    got = _per_group(keys, values)
+    assert got.index.tolist() == [1.0, 2.0, 4.0] and got.tolist()[-1] == ["c", "c", "a"]
+    assert _per_group(keys.iloc[:0], values.iloc[:0]).empty
+    with pytest.raises(ValueError, match="sorted"):
+        _per_group(keys.iloc[::-1], values)
