@@ -329,72 +329,6 @@ def _email_events_of(store: Store, end: pd.Timestamp, types: Sequence[str]) -> T
     return ev.select("customer_id", "campaign_id", "occurred_at", "event_type")
 
 
-#: Most product views and order lines (the whole store) for which a
-#: :func:`shared_machine_opens` block keeps :func:`_customer_categories` (at
-#: 85M, 4M rows and 0.2 GB of DuckDB's memory); beyond, as for the emails
-#: (:data:`SHARED_EMAILS_MAX_EVENTS`), the table would crowd DuckDB's memory
-#: limit, and the queries aggregate the events themselves.
-SHARED_CATEGORIES_MAX_EVENTS = 150_000_000
-
-#: The per-(customer, category) tables kept by the open blocks: (thread, store,
-#: window end, table) -- see :func:`_customer_categories`.
-_SHARED_CATEGORIES: list[tuple[int, Store, pd.Timestamp, Table]] = []
-
-
-def _customer_categories(store: Store, end: pd.Timestamp) -> Table:
-    """Product views and purchased order lines before ``end``, per customer and category.
-
-    Columns ``customer_id``, ``category``, ``n_views`` (``product_view`` web
-    events), ``n_lines`` (order lines of orders with revenue >= 0),
-    ``first_view_at`` and ``first_buy_at`` (the first of each, null when
-    none); events and lines without a category are left out. What
-    :func:`category_affinity` ranks, and the first view and purchase of each
-    category the feature query counts (:mod:`bmkt.features`): a
-    :func:`shared_machine_opens` block keeps it for both (one grouping of
-    some 50M events into 4M groups at 1M customers, instead of three).
-    """
-    web = store.table("web_events")
-    views = web.filter(
-        (web.occurred_at < _ts_literal(end))
-        & (web.event_type == "product_view")
-        & web.category.notnull()
-    )
-    orders = store.table("orders")
-    orders = orders.filter((orders.ordered_at < _ts_literal(end)) & (orders.revenue >= 0))
-    lines = store.table("order_lines")
-    lines = lines.filter(lines.category.notnull())
-    ol = lines.inner_join(orders, "order_id").select(
-        orders.customer_id, lines.category, at=orders.ordered_at
-    )
-    # one timestamp type for the union (sources may differ in declared precision;
-    # a cast to microseconds keeps every "< cutoff" verdict: cutoffs are whole microseconds)
-    u = views.select(
-        "customer_id", "category", view_at=_ts(views.occurred_at), buy_at=ibis.null(dt.Timestamp())
-    ).union(
-        ol.select("customer_id", "category", view_at=ibis.null(dt.Timestamp()), buy_at=_ts(ol.at))
-    )
-    return u.group_by(["customer_id", "category"]).aggregate(
-        n_views=u.view_at.count(),
-        n_lines=u.buy_at.count(),
-        first_view_at=u.view_at.min(),
-        first_buy_at=u.buy_at.min(),
-    )
-
-
-def _kept_categories(store: Store, end: pd.Timestamp, exact: bool) -> Table | None:
-    """This thread's kept :func:`_customer_categories` of ``store`` for window end ``end``.
-
-    With ``exact``, only a table of that very window (its counts); else the
-    one of the earliest window ending at or after ``end`` (its first views and
-    purchases: a first before ``end`` is the same in any longer window).
-    ``None`` when no open block keeps one.
-    """
-    thread = threading.get_ident()
-    kept = [(e, t) for tid, st, e, t in list(_SHARED_CATEGORIES) if tid == thread and st is store]
-    kept = [(e, t) for e, t in kept if (e == end if exact else e >= end)]
-    return min(kept, key=lambda item: item[0])[1] if kept else None
-
-
 # --------------------------------------------------------------------------- machine opens
 
 
@@ -905,12 +839,10 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
     :data:`SHARED_EMAILS_MAX_EVENTS` email events), seven narrow columns per
     open -- the open, its delivery and the rules that need no evidence -- and
     the per-customer evidence, and the clicks and opt-outs, about 1% of the
-    events), dropped on exit. It also keeps the product views and purchased
-    order lines per customer and category (:func:`_customer_categories`),
-    which :func:`category_affinity` ranks. Feature queries inside the block
-    (:mod:`bmkt.features`) read the emails' deliveries, the clicks and each
-    category's first view and purchase from it too. Results are those of the
-    calls without the block. The store must not change inside the block.
+    events), dropped on exit. Feature queries inside the block
+    (:mod:`bmkt.features`) read the emails' deliveries and the clicks from it
+    too. Results are those of the calls without the block. The store must
+    not change inside the block.
 
     Parameters
     ----------
@@ -947,7 +879,6 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
         return
     made: list[str] = []  # the tables registered so far: dropped even if setup fails
     rare: tuple[int, Store, pd.Timestamp, Table] | None = None
-    categories: tuple[int, Store, pd.Timestamp, Table] | None = None
     try:
         # reuse: on Spark, whose temporary "tables" are views, the data is cached
         backend = store.con.name
@@ -958,15 +889,6 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
         ev = engine.reuse(engine.register_table(store.con, made[-1], ev), backend)
         rare = (threading.get_ident(), store, end, ev)
         _SHARED_RARE.append(rare)
-        sources = ("web_events", "orders", "order_lines")
-        if all(t in store for t in sources) and (
-            sum(int(store.table(t).count().execute()) for t in ("web_events", "order_lines"))
-            <= SHARED_CATEGORIES_MAX_EVENTS
-        ):
-            made.append(ibis.util.gen_name("bmkt_customer_categories"))
-            cats = engine.register_table(store.con, made[-1], _customer_categories(store, end))
-            categories = (threading.get_ident(), store, end, engine.reuse(cats, backend))
-            _SHARED_CATEGORIES.append(categories)
         emails: Table | None = None
         # (DuckDB counts Parquet files' rows from their metadata)
         if int(store.table("email_events").count().execute()) <= SHARED_EMAILS_MAX_EVENTS:
@@ -988,8 +910,6 @@ def shared_machine_opens(store: Any, as_of: object, **machine_open_params: Any) 
         _SHARED.pop(key, None)
         if rare is not None:
             _SHARED_RARE.remove(rare)
-        if categories is not None:
-            _SHARED_CATEGORIES.remove(categories)
         for name in made:
             _drop(store.con, name)
 
@@ -1654,9 +1574,23 @@ def category_affinity(
     store = open_store(store)
     end = _window_end(as_of)
     cust = _customers_at(store, end).select("customer_id")
-    per_cat = _kept_categories(store, end, exact=True)
-    if per_cat is None:
-        per_cat = _customer_categories(store, end)
+    web = store.table("web_events")
+    views = web.filter(
+        (web.occurred_at < _ts_literal(end))
+        & (web.event_type == "product_view")
+        & web.category.notnull()
+    ).select("customer_id", "category", is_view=True)
+    orders = store.table("orders")
+    orders = orders.filter((orders.ordered_at < _ts_literal(end)) & (orders.revenue >= 0))
+    lines = store.table("order_lines")
+    lines = lines.filter(lines.category.notnull())
+    ol = lines.inner_join(orders, "order_id").select(
+        orders.customer_id, lines.category, is_view=False
+    )
+    u = views.union(ol)
+    per_cat = u.group_by(["customer_id", "category"]).aggregate(
+        n_views=u.count(where=u.is_view), n_lines=u.count(where=~u.is_view)
+    )
     # Weighted counts rather than sums of weights: the same score whatever the
     # order of summation. Ranked by the score rounded to 1e-9, so that scores
     # equal but for rounding (3 views at 0.1, 1 line at 0.3) tie, and go by name.

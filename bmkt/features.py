@@ -89,7 +89,6 @@ from bmkt.engagement import (
     _covering_deliveries,
     _covering_labels,
     _email_events_of,
-    _kept_categories,
     _machine_params,
     flag_machine_opens,
     labelled_opens,
@@ -448,23 +447,12 @@ def _feature_query(
     pd_ = at_points(pdays, "first_at")
     days_agg = pd_.group_by(_KEYS).aggregate(n_purchase_days=pd_.count())
 
-    # each category's first view and purchase: kept by a run's shared block
-    # (engagement.shared_machine_opens), or aggregated from the events here
-    categories = _kept_categories(store, max_end, exact=False)
-    if categories is not None:
-        categories = mine(categories)
-        first_bought = categories.filter(categories.first_buy_at.notnull()).select(
-            "customer_id", "category", first_at="first_buy_at"
-        )
-    else:
-        lines = store.table("order_lines")
-        lines = lines.filter(lines.category.notnull())
-        pl = lines.inner_join(purchases, "order_id").select(
-            "customer_id", "purchased_at", lines.category
-        )
-        first_bought = pl.group_by("customer_id", "category").aggregate(
-            first_at=pl.purchased_at.min()
-        )
+    lines = store.table("order_lines")
+    lines = lines.filter(lines.category.notnull())
+    pl = lines.inner_join(purchases, "order_id").select(
+        "customer_id", "purchased_at", lines.category
+    )
+    first_bought = pl.group_by("customer_id", "category").aggregate(first_at=pl.purchased_at.min())
     fb = at_points(first_bought, "first_at")
     bought_agg = fb.group_by(_KEYS).aggregate(n_categories_bought=fb.count())
 
@@ -504,15 +492,10 @@ def _feature_query(
         cart_adds_30d=_count((et == "add_to_cart") & w30),
         last_recent_at=w.occurred_at.max(),
     )
-    if categories is not None:
-        first_viewed = categories.filter(categories.first_view_at.notnull()).select(
-            "customer_id", "category", first_at="first_view_at"
-        )
-    else:
-        views = web.filter((web.event_type == "product_view") & web.category.notnull())
-        first_viewed = views.group_by("customer_id", "category").aggregate(
-            first_at=views.occurred_at.min()
-        )
+    views = web.filter((web.event_type == "product_view") & web.category.notnull())
+    first_viewed = views.group_by("customer_id", "category").aggregate(
+        first_at=views.occurred_at.min()
+    )
     fv = at_points(first_viewed, "first_at")
     viewed_agg = fv.group_by(_KEYS).aggregate(n_categories_viewed=fv.count())
 

@@ -673,26 +673,16 @@ def test_shared_machine_opens_gives_the_same_results(sim_store: Store) -> None:
         preferred_send_time(sim_store, AS_OF, machine_open_params=params),
         machine_open_customers(sim_store, AS_OF, **params),
         engagement_scores(sim_store, AS_OF, include_machine_opens=True, machine_open_params=params),
-        category_affinity(sim_store, AS_OF, top_n=1),
-        category_affinity(sim_store, AS_OF, top_n=3, view_weight=0.5),
     ]
     with shared_machine_opens(sim_store, AS_OF, **params) as store:
         assert store is sim_store and len(engagement._SHARED) == 1
         assert len(engagement._SHARED_RARE) == 1  # the clicks and opt-outs, kept
-        assert len(engagement._SHARED_CATEGORIES) == 1  # views and purchases per category
         got = [
             engagement_scores(store, AS_OF, machine_open_params=params),
             preferred_send_time(store, AS_OF, machine_open_params=params),
             machine_open_customers(store, AS_OF, **params),
             engagement_scores(store, AS_OF, include_machine_opens=True, machine_open_params=params),
-            category_affinity(store, AS_OF, top_n=1),
-            category_affinity(store, AS_OF, top_n=3, view_weight=0.5),
         ]
-        # the kept counts are those of the block's window: another as_of counts its own
-        earlier = "2024-05-31"
-        pd.testing.assert_frame_equal(
-            category_affinity(store, earlier), category_affinity(open_store(store), earlier)
-        )
         # other parameters are not what was shared: computed as without the block
         pd.testing.assert_frame_equal(
             engagement_scores(store, AS_OF), engagement_scores(open_store(store), AS_OF)
@@ -705,9 +695,7 @@ def test_shared_machine_opens_gives_the_same_results(sim_store: Store) -> None:
     for g, w in zip(got, want, strict=True):
         pd.testing.assert_frame_equal(g, w)
     assert not engagement._SHARED and not engagement._SHARED_RARE
-    assert not engagement._SHARED_CATEGORIES
-    made = ("bmkt_open", "bmkt_customer_categories")
-    assert not [t for t in sim_store.con.list_tables() if t.startswith(made)]  # dropped
+    assert not [t for t in sim_store.con.list_tables() if "bmkt_open" in t]  # dropped
 
 
 def test_shared_machine_opens_keeps_the_emails_of_small_stores_only(
@@ -728,25 +716,6 @@ def test_shared_machine_opens_keeps_the_emails_of_small_stores_only(
             shared = engagement._covering_deliveries(store, end, engagement._machine_params({}))
             assert (shared is not None) is kept
             got = [engagement_scores(store, AS_OF), build_features(store, AS_OF)]
-        for g, w in zip(got, want, strict=True):
-            pd.testing.assert_frame_equal(g, w)
-
-
-def test_shared_machine_opens_keeps_the_categories_of_small_stores_only(
-    sim_store: Store, monkeypatch
-) -> None:
-    """Past SHARED_CATEGORIES_MAX_EVENTS no per-(customer, category) table; same results."""
-    import bmkt.engagement as engagement
-    from bmkt.features import build_features
-
-    n_events = sum(len(sim_store.table(t).to_pandas()) for t in ("web_events", "order_lines"))
-    end = engagement._window_end(AS_OF)
-    want = [category_affinity(sim_store, AS_OF), build_features(sim_store, AS_OF)]
-    for limit, kept in ((n_events, True), (n_events - 1, False)):
-        monkeypatch.setattr(engagement, "SHARED_CATEGORIES_MAX_EVENTS", limit)
-        with shared_machine_opens(sim_store, AS_OF) as store:
-            assert (engagement._kept_categories(store, end, exact=True) is not None) is kept
-            got = [category_affinity(store, AS_OF), build_features(store, AS_OF)]
         for g, w in zip(got, want, strict=True):
             pd.testing.assert_frame_equal(g, w)
 

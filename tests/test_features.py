@@ -588,11 +588,6 @@ def test_features_read_the_opens_labelled_once_for_a_shared_block(sim_store, mon
     monkeypatch.setattr(
         F, "_covering_deliveries", lambda *a: deliveries.append(real(*a)) or deliveries[-1]
     )
-    categories = []  # the first views and purchases per category (None: aggregated itself)
-    kept = F._kept_categories
-    monkeypatch.setattr(
-        F, "_kept_categories", lambda *a, **k: categories.append(kept(*a, **k)) or categories[-1]
-    )
     with engagement.shared_machine_opens(sim_store, AS_OF) as store:
 
         def relabel(*args, **kwargs):
@@ -602,7 +597,6 @@ def test_features_read_the_opens_labelled_once_for_a_shared_block(sim_store, mon
         shared = build_features(store, AS_OF)
     pd.testing.assert_frame_equal(shared, plain)
     assert len(deliveries) == 1 and deliveries[0] is not None  # read from the block
-    assert len(categories) == 1 and categories[0] is not None
     # outside the block (or at another as_of) the labels are computed as usual
     with pytest.raises(AssertionError, match="labelled again"):
         build_features(sim_store, AS_OF)
