@@ -618,54 +618,41 @@ def _write_all(
 
     emails = plan.sends["email"].dropna().tolist()
     with _Writer() as writer:
-        _write_files(plan, folder, files, emails, writer, run_id, as_of, parameters, inputs)
+        resources = []
+        for name, path, frame, key in files:
+            frame = frame.reset_index(drop=True)
+            stats = _write_csv(frame, folder / path, writer=writer)
+            if not name.startswith("send_"):
+                leaked = find_emails(stats.pop("text"), emails)
+                if leaked:
+                    raise PublishError(
+                        f"{path}: {len(leaked)} email addresses outside a send file; "
+                        "nothing was published."
+                    )
+            resources.append(_resource(name.lower(), path, frame, stats, key))
 
-
-def _write_files(
-    plan: SendPlan,
-    folder: Path,
-    files: list[tuple[str, str, pd.DataFrame, list[str]]],
-    emails: list[str],
-    writer: _Writer,
-    run_id: str,
-    as_of: Any,
-    parameters: Mapping[str, Any],
-    inputs: Mapping[str, Any],
-) -> None:
-    """The files of :func:`_write_all` and their descriptor, through ``writer``."""
-    resources = []
-    for name, path, frame, key in files:
-        frame = frame.reset_index(drop=True)
-        stats = _write_csv(frame, folder / path, writer=writer)
-        if not name.startswith("send_"):
-            leaked = find_emails(stats.pop("text"), emails)
-            if leaked:
-                raise PublishError(
-                    f"{path}: {len(leaked)} email addresses outside a send file; "
-                    "nothing was published."
-                )
-        resources.append(_resource(name.lower(), path, frame, stats, key))
-
-    descriptor = _descriptor(
-        "send-lists",
-        run_id,
-        resources,
-        as_of,
-        parameters,
-        inputs,
-        plan_parameters=plan.params,
-        exclusions_by_reason=plan.exclusions.by_reason(),
-    )
-    text = json.dumps(descriptor, indent=2, sort_keys=True, ensure_ascii=False, default=_jsonable)
-    leaked = find_emails(text, emails)
-    if leaked:
-        raise PublishError(
-            f"datapackage.json: {len(leaked)} email addresses in the parameters; "
-            "nothing was published."
+        descriptor = _descriptor(
+            "send-lists",
+            run_id,
+            resources,
+            as_of,
+            parameters,
+            inputs,
+            plan_parameters=plan.params,
+            exclusions_by_reason=plan.exclusions.by_reason(),
         )
-    data = (text + "\n").encode("utf-8")
-    writer.write(folder / "datapackage.json", data)
-    writer.write(folder / "manifest.json", data)
+        text = json.dumps(
+            descriptor, indent=2, sort_keys=True, ensure_ascii=False, default=_jsonable
+        )
+        leaked = find_emails(text, emails)
+        if leaked:
+            raise PublishError(
+                f"datapackage.json: {len(leaked)} email addresses in the parameters; "
+                "nothing was published."
+            )
+        data = (text + "\n").encode("utf-8")
+        writer.write(folder / "datapackage.json", data)
+        writer.write(folder / "manifest.json", data)
 
 
 SEGMENTS = "segments"
