@@ -320,10 +320,12 @@ class _Writer:
     third of a publication's time: 3 s for the 210 MB of a 1M-customer run),
     so they overlap the rendering of the next file; at most
     ``max_pending_bytes`` wait to be written (besides the one being queued), so
-    a large publication holds little more than its text. Leaving the ``with``
-    block waits for every write and raises the first failure; on an error in
-    the block the writes are still waited for (so that the caller can remove
-    the folder) and the block's error is the one raised.
+    a large publication holds little more than its text. A failed write is
+    raised by the next :meth:`write` that finds it (rendering stops there) or
+    when the ``with`` block ends, which waits for every write. When the block
+    ends on an error (or is interrupted while waiting) the writes not started
+    are cancelled and the one running is waited for, so that nothing writes
+    into the folder once the caller removes it; the block's error is raised.
     """
 
     def __init__(self, max_pending_bytes: int = 256 * 2**20) -> None:
@@ -334,8 +336,10 @@ class _Writer:
 
     def write(self, path: Path, data: bytes) -> None:
         """Queue ``data`` for ``path``; first wait while more than the limit is unwritten."""
+        # finished writes leave the queue, and a failed one is raised now
+        self._queued = [(f, n) for f, n in self._queued if not f.done() or _raise_from(f)]
         while self._queued and sum(n for _, n in self._queued) + len(data) > self._max_pending:
-            self._queued.pop(0)[0].exception()  # waits; a failure is raised on exit
+            _raise_from(self._queued.pop(0)[0])  # waits for the oldest write
         done = self._pool.submit(_write_bytes, path, data)
         self._pending.append(done)
         self._queued.append((done, len(data)))
@@ -344,10 +348,28 @@ class _Writer:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._pool.shutdown(wait=True)
+        cancel = exc_type is not None
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                self._pool.shutdown(wait=True, cancel_futures=cancel)
+                break
+            except BaseException as err:  # noqa: BLE001 - e.g. Ctrl-C: cancel, wait, re-raise
+                interrupted = interrupted or err
+                cancel = True
+        if interrupted is not None:
+            raise interrupted
         if exc_type is None:
             for done in self._pending:
                 done.result()
+
+
+def _raise_from(done: Future[None]) -> bool:
+    """Wait for ``done`` and raise its error; False when it succeeded."""
+    error = done.exception()
+    if error is not None:
+        raise error
+    return False
 
 
 def _fsync_dir(path: Path) -> None:

@@ -266,6 +266,66 @@ def test_the_writer_thread_holds_a_bounded_backlog(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
 
 
+def test_the_writer_stops_at_a_failed_write_and_cancels_on_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = publish_module._write_bytes
+    # a failed write is raised by the next write() that finds it: rendering stops there
+    failing = publish_module._Writer()
+    monkeypatch.setattr(publish_module, "_write_bytes", lambda path, data: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        with failing as writer:
+            writer.write(tmp_path / "a", b"1")
+            writer._pending[0].exception()  # done (and failed)
+            writer.write(tmp_path / "b", b"2")
+            raise AssertionError("write() went on after a failed write")
+
+    # an error in the block cancels the writes not started and waits for the running one,
+    # so that nothing is written once the caller removes the folder
+    started, gate = threading.Event(), threading.Event()
+    written: list[str] = []
+
+    def slow(path: Path, data: bytes) -> None:
+        started.set()
+        gate.wait(5)
+        real(path, data)
+        written.append(path.name)
+
+    monkeypatch.setattr(publish_module, "_write_bytes", slow)
+    with pytest.raises(PublishError, match="leak"):
+        with publish_module._Writer() as writer:
+            for name in ("a", "b", "c"):
+                writer.write(tmp_path / name, b"x")
+            started.wait(5)
+            threading.Timer(0.2, gate.set).start()
+            raise PublishError("leak")
+    assert written == ["a"]  # the running write finished; b and c never started
+    assert [f.cancelled() for f in writer._pending] == [False, True, True]
+    assert not [t for t in threading.enumerate() if t.name.startswith("bmkt-publish")]
+
+    # an interrupt (Ctrl-C) while the block's end waits: the same, then the interrupt
+    started.clear(), gate.clear(), written.clear()
+    writer = publish_module._Writer()
+    real_shutdown = writer._pool.shutdown
+    calls: list[bool] = []
+
+    def interrupted_once(wait: bool = True, *, cancel_futures: bool = False) -> None:
+        calls.append(cancel_futures)
+        if len(calls) == 1:
+            threading.Timer(0.2, gate.set).start()
+            raise KeyboardInterrupt
+        real_shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    writer._pool.shutdown = interrupted_once  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        with writer:
+            for name in ("d", "e"):
+                writer.write(tmp_path / name, b"x")
+            started.wait(5)
+    assert calls == [False, True] and written == ["d"]
+    assert [f.cancelled() for f in writer._pending] == [False, True]
+
+
 def test_failure_while_swapping_restores_previous(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

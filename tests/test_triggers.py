@@ -497,6 +497,11 @@ def test_per_group_lists_match_pandas_groupby() -> None:
         got = _per_group(keys.iloc[:-1].astype("int64"), values.iloc[:-1], fn)
         want = values.iloc[:-1].groupby(keys.iloc[:-1].astype("int64"), sort=True).agg(fn)
         assert got.index.equals(want.index) and got.tolist() == want.tolist()
+    # numbers come as Python scalars, as pandas' agg(list) gives them (the lists are published)
+    ids = pd.Series([10, 11, 12], dtype="int64")
+    got = _per_group(pd.Series([1, 1, 2]), ids).tolist()
+    want = ids.groupby(pd.Series([1, 1, 2])).agg(list).tolist()
+    assert got == want and [type(x) for g in got for x in g] == [type(x) for g in want for x in g]
     # null keys are left out, as pandas' groupby does
     got = _per_group(keys, values)
     assert got.index.tolist() == [1.0, 2.0, 4.0] and got.tolist()[-1] == ["c", "c", "a"]
