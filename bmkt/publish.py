@@ -290,19 +290,16 @@ def _csv_text(frame: pd.DataFrame) -> str:
 
 
 def _write_csv(
-    frame: pd.DataFrame, path: Path, text: str | None = None, writer: _Writer | None = None
+    frame: pd.DataFrame, path: Path, writer: _Writer, text: str | None = None
 ) -> dict[str, Any]:
-    """Write one CSV deterministically and fsync it; return its stats and text.
+    """Render one CSV deterministically and queue it on ``writer``; return its stats and text.
 
-    With ``writer`` the file is written by its thread (done when the writer's
-    block ends).
+    The file is written and fsync'ed by the writer's thread (done when its
+    ``with`` block ends).
     """
     text = _csv_text(frame) if text is None else text
     data = text.encode("utf-8")
-    if writer is None:
-        _write_bytes(path, data)
-    else:
-        writer.write(path, data)
+    writer.write(path, data)
     return {"bytes": len(data), "hash": "sha256:" + hashlib.sha256(data).hexdigest(), "text": text}
 
 
@@ -643,7 +640,7 @@ def _write_all(
         resources = []
         for name, path, frame, key in files:
             frame = frame.reset_index(drop=True)
-            stats = _write_csv(frame, folder / path, writer=writer)
+            stats = _write_csv(frame, folder / path, writer)
             if not name.startswith("send_"):
                 leaked = find_emails(stats.pop("text"), emails)
                 if leaked:
@@ -776,7 +773,7 @@ def publish_segments(
         with _Writer() as writer:
             for name, path, frame, key, text in files:
                 frame = frame.reset_index(drop=True)
-                stats = _write_csv(frame, tmp / path, text, writer)
+                stats = _write_csv(frame, tmp / path, writer, text)
                 if _has_address(stats.pop("text")):
                     raise PublishError(
                         f"{path}: email addresses in a segment file; nothing was published."
