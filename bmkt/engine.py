@@ -23,7 +23,10 @@ from typing import Any
 
 import ibis
 import ibis.expr.datatypes as dt
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.types as pat
 from ibis.expr.types import Table
 
 from bmkt import config
@@ -229,8 +232,61 @@ def as_table(data: Table | pd.DataFrame, con: Any = None, name: str | None = Non
 
 
 def to_pandas(expr: Table, **kwargs: Any) -> pd.DataFrame:
-    """Execute ``expr`` and return a pandas DataFrame (the model boundary)."""
-    return expr.to_pandas(**kwargs)
+    """Execute ``expr`` and return a pandas DataFrame (the model boundary).
+
+    The same frame as ``expr.to_pandas()``, dtypes included. On DuckDB it is
+    built faster: Ibis 12 turns every column holding a null into a Python
+    list (``to_pylist``) and lets pandas infer its dtype again, which cost
+    about 8 s of one core at a million customers in the engagement scores
+    alone; here such columns of the common types go through Arrow's
+    conversion to the dtype pandas would infer (:func:`_arrow_column`).
+    Other backends, and any call with keyword arguments, use Ibis's own.
+    """
+    if kwargs:
+        return expr.to_pandas(**kwargs)
+    try:
+        backend = expr._find_backend(use_default=True)
+    except Exception:  # noqa: BLE001 - whatever Ibis says, its own path says it again
+        return expr.to_pandas()
+    if getattr(backend, "name", None) != "duckdb" or not hasattr(backend, "_to_duckdb_relation"):
+        return expr.to_pandas()
+    from ibis.backends.duckdb.converter import DuckDBPandasData
+
+    # what DuckDB's Ibis backend executes (ibis/backends/duckdb/__init__.py, execute)
+    arrow = backend._to_duckdb_relation(expr).to_arrow_table()
+    df = pd.DataFrame(
+        {
+            name: _arrow_column(col)
+            for name, col in zip(arrow.column_names, arrow.columns, strict=True)
+        }
+    )
+    df = DuckDBPandasData.convert_table(df, expr.as_table().schema())
+    return expr.__pandas_result__(df)
+
+
+def _arrow_column(col: Any) -> Any:
+    """A column for ``pd.DataFrame``, as Ibis passes it (``to_pylist`` when it holds a null).
+
+    Where the column holds a null, pandas infers the dtype of the Python list
+    Ibis passes: float64 for integers and floats (nulls NaN), object for
+    booleans and text (nulls None), datetime64[ns] for timestamps (nulls NaT),
+    object when every value is null. Those types are converted by Arrow
+    straight to that result; any other type still goes through the list.
+    """
+    t = col.type
+    if pat.is_nested(t) or pat.is_dictionary(t):
+        return col.to_pylist()
+    if not col.null_count:
+        return col.to_pandas()
+    if col.null_count == len(col):
+        return np.full(len(col), None, dtype=object)
+    if pat.is_floating(t) or (pat.is_integer(t) and t != pa.uint64()):  # uint64: maybe object
+        return col.to_pandas().astype("float64")
+    if pat.is_boolean(t) or pat.is_string(t) or pat.is_large_string(t):
+        return col.to_pandas()  # object, nulls None
+    if pat.is_timestamp(t) and t.tz is None:
+        return col.to_pandas().astype("datetime64[ns]")
+    return col.to_pylist()
 
 
 def register_table(con: Any, name: str, obj: Table) -> Table:

@@ -143,6 +143,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from bmkt import engine
 from bmkt.errors import ConfigError, DataError, data_problem
 from bmkt.schema import EMAIL_REGEX, parse_as_of
 
@@ -919,13 +920,7 @@ def _to_frame(data: Any, what: str, columns: Sequence[str] | None = None) -> pd.
     if isinstance(data, Table):
         if columns is not None:
             data = data.select([c for c in columns if c in data.columns])
-        simple = all(
-            t.is_integer() or t.is_floating() or t.is_string() or t.is_boolean()
-            for t in data.schema().types
-        )
-        if simple:  # Arrow gives these the frame ibis' to_pandas would, without its passes
-            return data.to_pyarrow().to_pandas()
-        return data.to_pandas()
+        return engine.to_pandas(data)
     if isinstance(data, pd.DataFrame):
         return data
     raise ConfigError(
@@ -1266,7 +1261,7 @@ def _history(
     if isinstance(email_events, Table):
         t = email_events
         t = t.filter((t.event_type == "sent") & (t.occurred_at >= start) & (t.occurred_at < end))
-        ev = t.select(cols).to_pandas()
+        ev = engine.to_pandas(t.select(cols))
     else:
         ev = _to_frame(email_events, "email_events")
         _require(ev, "email_events", cols)
@@ -2049,7 +2044,7 @@ def _plan_in_parts(
     if isinstance(email_events, Table):  # the sent events of the cap window, read once
         t = email_events
         t = t.filter((t.event_type == "sent") & (t.occurred_at >= start) & (t.occurred_at < end))
-        frames["email_events"] = t.select(cols).to_pandas()
+        frames["email_events"] = engine.to_pandas(t.select(cols))
     elif email_events is not None:
         ev = _to_frame(email_events, "email_events")
         _require(ev, "email_events", cols)

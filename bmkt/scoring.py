@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from bmkt import clv as clv_models
-from bmkt import engagement, rfm, triggers
+from bmkt import engagement, engine, rfm, triggers
 from bmkt.errors import DataError
 from bmkt.io import Store, open_store
 from bmkt.schema import parse_as_of
@@ -122,7 +122,7 @@ def _customers(store: Store, end: pd.Timestamp) -> pd.DataFrame:
     c = store.table("customers")
     c = c.filter(c.created_at < end.to_pydatetime())
     frame = c.select("customer_id", "created_at", "timezone", "email_status", "email_consent")
-    out = frame.to_pandas().set_index("customer_id").sort_index()
+    out = engine.to_pandas(frame).set_index("customer_id").sort_index()
     if out.empty:
         raise DataError(f"customers: no customer signed up before {end} (as_of); nothing to score.")
     return out

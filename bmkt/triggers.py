@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 from ibis.expr.types import Table
 
+from bmkt import engine
 from bmkt.errors import ConfigError
 from bmkt.io import Store, open_store
 from bmkt.schema import parse_as_of
@@ -174,7 +175,7 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
 
 
 def _execute(store: Store, expr: Table) -> pd.DataFrame:
-    return store.con.execute(expr)
+    return engine.to_pandas(expr)
 
 
 def _purchases(store: Store, ck: Clock) -> Table:
