@@ -29,6 +29,7 @@ TYPES = {
     "tstz": ("TIMESTAMPTZ", "TIMESTAMPTZ '2024-06-30 01:02:03+02'"),
     "date": ("DATE", "DATE '2024-02-29'"),
     "dec": ("DECIMAL(10, 2)", "12.34"),
+    "huge": ("HUGEINT", "12345678901234567890123"),
     "list": ("INTEGER[]", "[1, 2]"),
     "struct": ("STRUCT(a INTEGER, b VARCHAR)", "{'a': 1, 'b': 'x'}"),
     "enum": ("ENUM('a', 'b')", "'b'"),
@@ -81,6 +82,10 @@ def test_to_pandas_of_no_rows_a_column_and_a_filtered_table() -> None:
         table.filter(table.i < 0),  # no rows
         table.filter(table.i % 3 == 0).select("i", "big", "ts", "text"),
         table.group_by("bool").aggregate(n=table.count(), last=table.ts.max()).order_by("bool"),
+        # sums of integers: DuckDB's HUGEINT (decimal128(38, 0)), int64 for Ibis
+        table.group_by("bool").aggregate(s=table.int.sum(), t=table.tiny.sum()).order_by("bool"),
+        table.aggregate(s=table.int.sum(), over=table.big.sum() * 2000),  # over: no int64
+        table.filter(table.i < 0).aggregate(s=table.int.sum()),  # a null sum
     ):
         _same(engine.to_pandas(expr), expr.execute())
     column = table.big
