@@ -266,10 +266,13 @@ def _csv_parts(frame: pd.DataFrame) -> tuple[str, list[str]] | None:
         return None
     columns = []
     for name in frame.columns:
-        cells = _column_cells(name, frame[name])
+        s = frame[name]
+        cells = _column_cells(name, s)
         if cells is None:
             return None
-        columns.append(_quote(cells))
+        # numbers, flags and timestamps never hold a comma, a quote or a line break
+        plain = isinstance(s.dtype, np.dtype) and s.dtype.kind in "iufbM"
+        columns.append(cells if plain else _quote(cells))
     header = ",".join(_quote([str(c) for c in frame.columns]))
     return header, list(map(",".join, zip(*columns, strict=True)))
 
