@@ -288,8 +288,8 @@ def _arrow_column(col: Any) -> Any:
 
     Where the column holds a null, pandas infers the dtype of the Python list
     Ibis passes: float64 for integers and floats (nulls NaN), object for
-    booleans and text (nulls None), datetime64[ns] for timestamps (nulls NaT),
-    object when every value is null. Those types are converted by Arrow
+    booleans and text (nulls None), datetime64[ns] for timestamps (nulls NaT;
+    objects when one is outside its range), object when every value is null. Those types are converted by Arrow
     straight to that result; any other type still goes through the list.
     """
     t = col.type
@@ -304,7 +304,10 @@ def _arrow_column(col: Any) -> Any:
     if pat.is_boolean(t) or pat.is_string(t) or pat.is_large_string(t):
         return col.to_pandas()  # object, nulls None
     if pat.is_timestamp(t) and t.tz is None:
-        return col.to_pandas().astype("datetime64[ns]")
+        try:
+            return col.to_pandas().astype("datetime64[ns]")
+        except pd.errors.OutOfBoundsDatetime:  # e.g. 9999-12-31: pandas keeps the objects
+            return col.to_pylist()
     return col.to_pylist()
 
 

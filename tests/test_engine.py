@@ -93,7 +93,19 @@ def test_to_pandas_of_no_rows_a_column_and_a_filtered_table() -> None:
     assert engine.to_pandas(table.big.max()) == table.big.max().execute()
 
 
-def test_to_pandas_elsewhere_and_with_arguments_is_ibis_s() -> None:
+def test_to_pandas_of_timestamps_outside_the_nanosecond_range() -> None:
+    # sentinel dates and year typos: pandas keeps such timestamps as objects
+    con = ibis.duckdb.connect()
+    con.raw_sql(
+        "CREATE TABLE c AS SELECT * FROM (VALUES (1, TIMESTAMP '2024-03-01 09:00'), (2, NULL),"
+        " (3, TIMESTAMP '0202-04-01 09:00'), (4, TIMESTAMP '9999-12-31 00:00')) t(id, sent_at)"
+    )
+    table = con.table("c")
+    for expr in (table, table.filter(table.id != 2), table.filter(table.id <= 2)):
+        _same(engine.to_pandas(expr), expr.execute())
+
+
+def test_to_pandas_of_a_memtable_and_with_arguments_is_ibis_s() -> None:
     frame = pd.DataFrame({"a": [1, None, 3], "b": ["x", None, "z"]})
     mem = ibis.memtable(frame)  # bound to no backend: Ibis's default
     _same(engine.to_pandas(mem), mem.execute())
