@@ -8,6 +8,7 @@ loaded into pandas before the per-customer table):
 step            what
 ==============  ==================================================================
 open            ``open_store(folder)``: Parquet files as DuckDB views
+validate        ``validate(store, as_of)``: the contract checks notebook 10 runs first
 customers       customers signed up by as_of (per-customer table starts)
 rfm + clv       ``rfm.summarize`` in DuckDB, R/F/M scores and segments, BG/NBD and
                 Gamma-Gamma fits (on a 200k sample), P(alive), CLV for everyone
@@ -16,9 +17,13 @@ churn + prop.   features at as_of - H in DuckDB, churn and purchase models train
                 on a 200k stratified sample, everyone scored at as_of
 triggers        the eight behavioral triggers with cooldowns
 segments        default rule set on the score table
+publish seg.    segment lists (CSV, sha256 manifest), atomically
+hand-over       notebook 10 saves the scores and the assignment (Parquet), notebook 20
+                reads them back
 recommend       item-to-item similarity and 3 products per customer
 plan            suppression, caps, holdouts, variants, send times
-publish         segment lists and send lists (CSV, sha256 manifests), atomically
+publish plan    send lists, holdouts and exclusions (CSV, sha256 manifest), atomically
+preview         the HTML preview of each campaign's emails (notebook 20's last step)
 ==============  ==================================================================
 
 The baseline, in the same process on the same orders: plain ``lifetimes``
@@ -168,15 +173,40 @@ class _RSSTrace(_PeakRSS):
         return inside[-1] - inside[0] if len(inside) > 1 else None
 
 
+def _strict(fn: Any) -> tuple[Any, Timing]:
+    """:func:`_timed`, but a bmkt step that fails stops the benchmark with its error.
+
+    (``_timed`` notes a failure and goes on, which suits the baseline: lifetimes
+    may not converge.)
+    """
+    failed: list[BaseException] = []
+
+    def run() -> Any:
+        try:
+            return fn()
+        except Exception as exc:
+            failed.append(exc)
+            raise
+
+    out, timing = _timed(run)
+    if failed:
+        raise failed[0]
+    return out, timing
+
+
 def _job(folder: Path, out: Path) -> tuple[dict[str, Timing], dict[str, int]]:
-    from bmkt.plan import build_plan, load_campaigns
+    import pandas as pd
+
+    from bmkt.plan import build_plan, load_campaigns, render_preview
     from bmkt.publish import publish_plan, publish_segments
     from bmkt.recommend import ItemSimilarity
-    from bmkt.scoring import score_customers
+    from bmkt.scoring import Scores, score_customers
     from bmkt.segments import RuleSet
+    from bmkt.validate import validate
 
     times = _Steps()
-    store, times["open"] = _timed(lambda: open_store(folder))
+    store, times["open"] = _strict(lambda: open_store(folder))
+    _, times["validate"] = _strict(lambda: validate(store, as_of=AS_OF).raise_if_failed())
     with _RSSTrace() as trace:
         start = time.perf_counter()
         scores = score_customers(store, AS_OF, churn=True)
@@ -189,14 +219,26 @@ def _job(folder: Path, out: Path) -> tuple[dict[str, Timing], dict[str, int]]:
             sys_seconds=trace.sys_between(at, at + seconds),
         )
         at += seconds
-    assignment, times["segments"] = _timed(lambda: RuleSet.default().assign(scores.table))
+    assignment, times["segments"] = _strict(lambda: RuleSet.default().assign(scores.table))
+    _, times["publish segments"] = _strict(
+        lambda: publish_segments(assignment, scores.table, out, "bench", AS_OF)
+    )
+
+    def hand_over() -> tuple[Scores, Any]:
+        # notebook 10 saves what notebook 20 reads (another process in a pipeline run,
+        # where the first one's memory is gone by then: here both are held meanwhile)
+        scores.save(out / "run")
+        assignment.to_parquet(out / "run" / "assignment.parquet")
+        return Scores.load(out / "run"), pd.read_parquet(out / "run" / "assignment.parquet")
+
+    (scores, assignment), times["hand-over"] = _strict(hand_over)
 
     def recommend() -> Any:
         model = ItemSimilarity().fit(store, AS_OF)
         return model.recommend(scores.table.index, n=3)
 
-    recs, times["recommend"] = _timed(recommend)
-    plan, times["plan"] = _timed(
+    recs, times["recommend"] = _strict(recommend)
+    plan, times["plan"] = _strict(
         lambda: build_plan(
             store,
             assignment,
@@ -210,11 +252,10 @@ def _job(folder: Path, out: Path) -> tuple[dict[str, Timing], dict[str, int]]:
 
     recs = None  # in the send lists now; the recommendations frame is not published
 
-    def publish() -> None:
-        publish_segments(assignment, scores.table, out, "bench", AS_OF)
-        publish_plan(plan, out, "bench", AS_OF)
-
-    _, times["publish"] = _timed(publish)
+    _, times["publish plan"] = _strict(lambda: publish_plan(plan, out, "bench", AS_OF))
+    _, times["preview"] = _strict(
+        lambda: render_preview(plan, load_campaigns(None), out / "run" / "preview.html")
+    )
     counts = {
         "customers": len(scores.table),
         "sends": len(plan.sends),
