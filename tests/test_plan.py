@@ -1209,3 +1209,54 @@ def test_rows_with_mixed_text_and_large_integer_ids_sort_numbers_first_exactly()
     assert sorted(sent + excluded, key=expected.index) == expected
     assert sent == [i for i in expected if i in sent] and len(sent) == 4
     assert excluded == [i for i in expected if i in excluded] and len(excluded) == 3
+
+
+_ADDRESS_PIECES = st.sampled_from(
+    ["a", "B", "x.y", "@", ".", "com", " ", "\t", "\n", "\v", "\r", "\x1c", "\xa0", "\u2003"]
+    + ["É", "ß", "=", "+", "-", "'", ",", '"', "\x00", "~", "İ"]
+)
+_ADDRESS_VALUES = (
+    st.emails().map(str)
+    | st.builds(
+        lambda a, b, c, up: f"{a}@{b}.{c}".upper() if up else f"{a}@{b}.{c}",
+        st.text(min_size=1, max_size=6),
+        st.text(min_size=1, max_size=6),
+        st.text(min_size=1, max_size=4),
+        st.booleans(),
+    )
+    | st.lists(_ADDRESS_PIECES, max_size=8).map("".join)
+    | st.none()
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(_ADDRESS_VALUES, max_size=30),
+    st.sampled_from([None, float("nan"), 5, b"a@b.co", pd.NA]),
+    st.booleans(),
+)
+def test_addresses_are_read_as_one_by_one(values: list[Any], odd: Any, with_odd: bool) -> None:
+    # the Arrow path for printable ASCII gives what the per-value rules give, for any mix
+    import bmkt.plan as plan_module
+
+    if with_odd:
+        values = [*values, odd]
+    present, valid, addr = plan_module._addresses(pd.Series(values, dtype=object))
+    want = [plan_module._address_of(v) for v in values]
+    assert present.tolist() == [w[0] for w in want]
+    assert valid.tolist() == [w[1] for w in want]
+    assert addr.tolist() == [w[2] for w in want]
+
+
+def test_addresses_fast_path_reads_the_usual_cases() -> None:
+    import bmkt.plan as plan_module
+
+    values = ["Ann@Example.COM", " ann@x.io", "ann@x.io\n", "=a@b.co", "a@b", "", "   ", None]
+    values += ["ann@exämple.de", "a@b.co\v", "-a@b.co", "a b@c.de", "x@y.z"]
+    present, valid, addr = plan_module._addresses(pd.Series(values, dtype=object))
+    # a leading blank or a trailing \v fails the pattern; Python's $ allows one final \n
+    assert addr.tolist() == [
+        *["ann@example.com", None, "ann@x.io", None, None, None, None, None],
+        *["ann@exämple.de", None, None, None, "x@y.z"],
+    ]
+    assert present.tolist() == [True] * 5 + [False, False, False] + [True] * 5
