@@ -306,8 +306,9 @@ def id_strings(ids: Iterable[Any] | pd.Series) -> pd.Series:
     Series of str (object dtype), aligned with ``ids`` when it is a Series.
     """
     s = ids if isinstance(ids, pd.Series) else pd.Series(list(ids), dtype=object)
-    if s.dtype.kind in "iu" and isinstance(s.dtype, np.dtype):
-        return s.astype(str).astype(object)
+    if s.dtype.kind in "iu" and isinstance(s.dtype, np.dtype):  # Arrow's decimal text: str(int)
+        text = pa.array(s.to_numpy()).cast(pa.string()).to_numpy(zero_copy_only=False)
+        return pd.Series(text, index=s.index, name=s.name, dtype=object)
     return s.map(_one_id).astype(object)
 
 

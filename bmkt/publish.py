@@ -72,6 +72,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from bmkt import config
 from bmkt.errors import BmktError, ConfigError, PublishError
@@ -202,8 +203,8 @@ def _column_cells(name: Any, s: pd.Series) -> list[str] | None:
         return text.tolist()
     if isinstance(dtype, np.dtype) and dtype.kind == "b":
         return np.array(["False", "True"], dtype=object)[s.to_numpy().view(np.uint8)].tolist()
-    if isinstance(dtype, np.dtype) and dtype.kind in "iu":
-        return list(map(str, s.to_numpy().tolist()))
+    if isinstance(dtype, np.dtype) and dtype.kind in "iu":  # Arrow's decimal text: str(int)
+        return pa.array(s.to_numpy()).cast(pa.string()).to_numpy(zero_copy_only=False).tolist()
     if isinstance(dtype, np.dtype) and dtype.kind == "f":
         values = s.to_numpy()
         cells = list(map("%.10g".__mod__, values.tolist()))

@@ -326,6 +326,15 @@ def test_stable_uniform_is_a_documented_formula() -> None:
     assert (stable_uniform(["42", "7"], "s", "holdout", "c1") == u).all()
     assert (stable_uniform(pd.Series([42.0, 7.0]), "s", "holdout", "c1") == u).all()
     assert id_strings(pd.Series([1, None, "x"], dtype=object)).tolist() == ["1", None, "x"]
+    for ints in (
+        np.array([0, -5, 2**63 - 1, -(2**63)], dtype=np.int64),
+        np.array([0, 2**64 - 1, 10], dtype=np.uint64),
+        np.array([-128, 127], dtype=np.int8),
+    ):
+        s = pd.Series(ints, index=np.arange(len(ints))[::-1] + 3, name="customer_id")
+        got = id_strings(s)
+        assert got.tolist() == [str(v) for v in ints.tolist()]
+        assert got.dtype == object and got.index.equals(s.index) and got.name == s.name
 
 
 def test_plan_uses_stable_uniform_and_unknown_ids_do_not_disturb_it() -> None:
