@@ -289,8 +289,9 @@ def _arrow_column(col: Any) -> Any:
     Where the column holds a null, pandas infers the dtype of the Python list
     Ibis passes: float64 for integers and floats (nulls NaN), object for
     booleans and text (nulls None), datetime64[ns] for timestamps (nulls NaT;
-    objects when one is outside its range), object when every value is null. Those types are converted by Arrow
-    straight to that result; any other type still goes through the list.
+    objects when one is outside that range), object when every value is null.
+    Those types are converted by Arrow straight to that result; any other
+    type still goes through the list.
     """
     t = col.type
     if pat.is_nested(t) or pat.is_dictionary(t):

@@ -992,7 +992,7 @@ def _prepare_customers(
             "is duplicated",
             sorted(cust.loc[dup, "customer_id"].unique().tolist())[:5],
         )
-    # address checks on the text as given (non-text is no address); one pass per value
+    # address checks on the text as given (non-text is no address)
     present_a, valid_a, addr_a = _addresses(cust["email"])
     present = pd.Series(present_a, index=cust.index, dtype=bool)
     valid = pd.Series(valid_a, index=cust.index, dtype=bool)

@@ -174,10 +174,6 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"'{name}' must be a number {bound}. Got {value!r}.")
 
 
-def _execute(store: Store, expr: Table) -> pd.DataFrame:
-    return engine.to_pandas(expr)
-
-
 def _purchases(store: Store, ck: Clock) -> Table:
     orders = store.table("orders")
     return orders.filter(
@@ -307,7 +303,7 @@ def cart_abandonment(
         added_at=open_adds.occurred_at.max(),
         category=open_adds.category.argmax(open_adds.occurred_at),
     )
-    rows = _execute(store, per_product)
+    rows = engine.to_pandas(per_product)
     rows = rows.sort_values(
         ["customer_id", "added_at", "product_id"], ascending=[True, False, True], kind="stable"
     )
@@ -410,7 +406,7 @@ def browse_abandonment(
         category=best.category,
         n_views=best.n_views.cast("int64"),
     )
-    return _finish(_execute(store, best), "browse_abandonment")
+    return _finish(engine.to_pandas(best), "browse_abandonment")
 
 
 def welcome(
@@ -439,7 +435,7 @@ def welcome(
     )
     buys = _purchases(store, ck)
     new = new.anti_join(buys, new.customer_id == buys.customer_id)
-    rows = _execute(store, new.select("customer_id", triggered_at=new.created_at))
+    rows = engine.to_pandas(new.select("customer_id", triggered_at=new.created_at))
     rows["days_since_signup"] = (
         (ck.day - rows["triggered_at"].dt.normalize()).dt.days.astype("int64")
         if len(rows)
@@ -480,7 +476,9 @@ def post_purchase(
     )
     cats = lines.select(line_order=lines.order_id, category=lines.category).distinct()
     j = day_orders.left_join(cats, day_orders.order_id == cats.line_order)
-    rows = _execute(store, j.select("customer_id", "order_id", "ordered_at", "revenue", "category"))
+    rows = engine.to_pandas(
+        j.select("customer_id", "order_id", "ordered_at", "revenue", "category")
+    )
     orders = rows.drop_duplicates("order_id").sort_values(["customer_id", "ordered_at", "order_id"])
     g = orders.groupby("customer_id", sort=True)
     out = pd.DataFrame(
@@ -557,8 +555,7 @@ def reengagement(
     j = j.filter(j.emails_received >= min_emails)
     j = j.left_join(engaged, j.customer_id == engaged.engager)
     j = j.filter(j.last_engaged_at.isnull() | (j.last_engaged_at < since))
-    rows = _execute(
-        store,
+    rows = engine.to_pandas(
         j.select(
             "customer_id",
             triggered_at=j.last_email_at,
@@ -657,7 +654,7 @@ def anniversary(store: Store | Mapping[str, pd.DataFrame], as_of: object) -> pd.
     if ck.day.month == 2 and ck.day.day == 28 and not calendar.isleap(ck.day.year):
         same = same | ((month == 2) & (day == 29))
     first = first.filter(same, first.first_order_at.year() < ck.day.year)
-    rows = _execute(store, first)
+    rows = engine.to_pandas(first)
     rows["triggered_at"] = rows["first_order_at"]
     rows["years"] = (ck.day.year - rows["first_order_at"].dt.year).astype("int64")
     return _finish(rows, "anniversary")
@@ -703,7 +700,7 @@ def replenishment(
         last_order_at=gaps.last_at.max(),
     )
     per = per.filter(per.n_orders >= min_orders)
-    rows = _execute(store, per)
+    rows = engine.to_pandas(per)
     gap = pd.to_timedelta(rows["median_gap_days"].astype(float), unit="D")
     rows["due_at"] = rows["last_order_at"] + gap
     rows["overdue_at"] = rows["last_order_at"] + gap * float(grace)
@@ -779,7 +776,7 @@ def apply_cooldown(
     j = j.join(spec, j.name == spec.campaign_name)
     j = j.filter(j.occurred_at >= j.since.cast("timestamp"))
     recent = j.group_by("customer_id", "trigger").agg(last_sent_at=j.occurred_at.max())
-    blocked = _execute(store, recent)
+    blocked = engine.to_pandas(recent)
     if blocked.empty:
         return triggered.copy()
     key = pd.MultiIndex.from_frame(triggered[["customer_id", "trigger"]])
