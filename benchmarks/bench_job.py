@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="NAME=VALUE",
         help="simulator parameter (repeatable); default: the issue's shape "
-        f"{TARGET_SHAPE}; '--sim none' for the simulator's defaults",
+        f"{TARGET_SHAPE} (any --sim replaces it); '--sim none' for the simulator's "
+        "defaults; '--sim alpha=8 --sim b=10 --sim web=0' for that shape without web events",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip plain lifetimes")
     parser.add_argument("--verbose", action="store_true", help="log bmkt's steps (INFO)")
